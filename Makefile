@@ -1,0 +1,46 @@
+# gan_t2i: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Offline by default: the bundled text model needs no hub, and runs log to wandb offline.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+EXPERIMENT ?= shapes_quick
+ARGS ?=
+
+.PHONY: help install data train test lint format bench eval compare sample clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the pinned torch pair and gan_t2i[dev] (seconds when done)
+
+data: $(STAMP) ## build the shapes image store and caption embeddings (ARGS=... to override)
+	$(PY) -m gan_t2i.prepare $(ARGS)
+
+train: data ## prepare data, train EXPERIMENT (default shapes_quick), evaluate, print where results are
+	$(PY) -m gan_t2i.train experiment=$(EXPERIMENT) $(ARGS)
+
+test: $(STAMP) ## run the test suite (CPU, a few minutes)
+	WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check gan_t2i tests
+
+format: $(STAMP) ## ruff format + import sorting
+	$(VENV)/bin/ruff check --fix --select I gan_t2i tests
+
+clean: ## remove caches (keeps data/ and outputs/)
+	rm -rf .pytest_cache .ruff_cache $$(find . -name __pycache__ -not -path './.venv/*')

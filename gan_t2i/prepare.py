@@ -1,0 +1,101 @@
+"""`python -m gan_t2i.prepare`: build the image store and the caption-embedding cache.
+
+Both are keyed by a hash of their settings and reused when complete, so a rerun is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from gan_t2i.config import to_plain
+from gan_t2i.data import ImageStore, prepare_store
+from gan_t2i.cli import task
+from gan_t2i.utils import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Where prepare put things: the store and, per split, the aligned caption embeddings."""
+
+    store: ImageStore
+    embeddings: dict[str, Path]
+    embedding_dim: int
+    encoded: int
+    built_store: bool
+
+
+def aligned_embeddings_path(cache_folder: Path, store: ImageStore, split: str) -> Path:
+    """Row i of this file is the embedding of caption i of `split` in `store`."""
+    return cache_folder / "aligned" / store.folder.name / f"{split}.npy"
+
+
+def prepare_embeddings(store: ImageStore, text: dict[str, Any], data_dir: Path, *,
+                       progress: bool = True) -> tuple[dict[str, Path], int, int]:
+    """Encode every caption of the store once (incrementally) and write per-split aligned arrays."""
+    from gan_t2i.text import EmbeddingCache, SentenceEncoder, model_identity, write_aligned
+
+    identity = model_identity(text["model"], max_length=text.get("max_length"))
+    cache = EmbeddingCache(data_dir / "embeddings", identity, tokens=bool(text.get("tokens")),
+                           max_tokens=int(text.get("max_tokens", 32)))
+    device = str(resolve_device(text.get("device", "auto")))
+
+    def factory() -> SentenceEncoder:
+        return SentenceEncoder(text["model"], device=device, batch_size=int(text["batch_size"]),
+                               max_length=text.get("max_length"))
+
+    captions = [c for split in store.splits for c in store.split(split).captions]
+    encoded = cache.build(captions, factory, batch_size=int(text["batch_size"]), progress=progress)
+    paths, dim = {}, 0
+    for split in store.splits:
+        path = aligned_embeddings_path(cache.folder, store, split)
+        if not path.is_file() or encoded:
+            write_aligned(cache, store.split(split).captions, path)
+        paths[split] = path
+        dim = cache.dim
+    return paths, encoded, dim
+
+
+def prepare(data: dict[str, Any], text: dict[str, Any], data_dir: str | Path, *,
+            progress: bool = True) -> Prepared:
+    """Build (or reuse) the image store and the embedding cache for a data + text config."""
+    data_dir = Path(data_dir)
+    store, built = prepare_store(data, data_dir, progress=progress)
+    embeddings, encoded, dim = prepare_embeddings(store, text, data_dir, progress=progress)
+    return Prepared(store=store, embeddings=embeddings, embedding_dim=dim, encoded=encoded,
+                    built_store=built)
+
+
+def summary(prepared: Prepared, seconds: float) -> str:
+    """A short human summary of what prepare did."""
+    lines = [f"store: {prepared.store.folder} ({'built' if prepared.built_store else 'reused'})"]
+    for name, split in prepared.store.meta["splits"].items():
+        skipped = split["bad_images"] + split["images_without_caption"]
+        lines.append(f"  {name:<12} {split['images']:>7} images {split['captions']:>8} captions"
+                     f" {skipped:>5} skipped")
+    lines.append(f"embeddings: dim {prepared.embedding_dim}, {prepared.encoded} newly encoded,"
+                 f" {next(iter(prepared.embeddings.values())).parent}")
+    lines.append(f"time: {seconds:.1f} s")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+@task
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    start = time.perf_counter()
+    prepared = prepare(to_plain(cfg.data), to_plain(cfg.text), cfg.paths.data_dir,
+                       progress=cfg.progress)
+    print(summary(prepared, time.perf_counter() - start))
+
+
+if __name__ == "__main__":
+    main()
