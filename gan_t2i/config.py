@@ -13,6 +13,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from gan_t2i.utils import stable_hash
+
 
 class BadImagePolicy(str, Enum):
     """What prepare does with a missing or undecodable image."""
@@ -72,19 +74,117 @@ class PathsConfig:
 
 
 @dataclass
+class GeneratorConfig:
+    """Text-conditioned StyleGAN2-style generator (resolution comes from data.resolution)."""
+
+    z_dim: int = 64
+    w_dim: int = 128
+    t_dim: int = 128  # learned caption features fed to the mapping and to every style
+    mapping_layers: int = 2
+    mapping_lr_mul: float = 0.01
+    channel_base: int = 4096  # channels at resolution r: min(channel_base / r, channel_max)
+    channel_max: int = 128
+    grouped_modconv: bool = False  # True: per-sample weights + grouped conv (StyleGAN2 fused)
+    attention_resolutions: list[int] = field(default_factory=list)  # needs text.tokens=true
+    attention_heads: int = 4
+    center_text: bool = True  # centre caption embeddings on the train-set mean
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Projection discriminator."""
+
+    channel_base: int = 4096
+    channel_max: int = 128
+    cmap_dim: Optional[int] = None  # projection width (default: channels at 4x4)
+    projection: bool = True  # False: D ignores the caption (ablation)
+    mbstd_group: int = 4
+    mbstd_channels: int = 1
+    center_text: bool = True
+
+
+@dataclass
+class LossConfig:
+    """Adversarial loss and regularisers."""
+
+    kind: str = "nonsaturating"  # nonsaturating | hinge
+    r1_gamma: float = 1.0
+    r1_interval: int = 16  # lazy R1 every N steps; 0 disables
+    mismatch_weight: float = 0.5  # matching-aware: real image + wrong caption counts as fake
+    style_mixing: float = 0.0  # probability of style mixing regularisation
+
+
+@dataclass
+class AugmentConfig:
+    """DiffAugment applied to everything D sees."""
+
+    policy: str = ""  # e.g. "color,translation,cutout"; empty: off
+
+
+@dataclass
+class TrainConfig:
+    """The training loop. Progress is counted in kimg (thousands of real images shown to D)."""
+
+    total_kimg: float = 100.0
+    batch_size: int = 32  # global batch (split across DDP ranks)
+    g_lr: float = 0.002
+    d_lr: float = 0.002
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
+    ema_kimg: float = 1.0  # half-life of G_ema in kimg
+    ema_rampup: Optional[float] = 0.05  # half-life <= this fraction of images seen so far
+    tick_kimg: float = 1.0  # a stats.jsonl line every tick
+    snapshot_kimg: float = 10.0  # checkpoint + sample grid
+    keep_snapshots: int = 3  # snapshots kept besides last.pt (0: all)
+    eval_every_kimg: float = 0.0  # run eval.metrics during training (0: off)
+    resume: str = "auto"  # auto | none | path to a checkpoint or run folder
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bfloat16 autocast for G and D (never for R1, demodulation, loss sums)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the networks (falls back with a warning)
+    workers: int = 0  # DataLoader workers (0: load in the main process; the store is mmapped)
+    num_threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    max_nonfinite: int = 5  # stop after this many non-finite steps in a row
+    sample_captions: int = 6  # captions per split in the snapshot grid
+    sample_z: int = 6  # z per caption in the snapshot grid
+
+
+@dataclass
+class LoggerConfig:
+    """Where logs go besides the run folder's JSON lines."""
+
+    mode: str = "disabled"  # disabled | offline | online (wandb)
+    project: str = "gan_t2i"
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     """The root of every gan_t2i config."""
 
+    name: str = "default"  # experiment name, the first part of the run folder's name
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     progress: bool = True  # progress bars
 
 
+def _hash_resolver(text: Any) -> str:
+    return stable_hash(str(text), length=8)
+
+
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore and the `gan_t2i.hash` resolver."""
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
+    if not OmegaConf.has_resolver("gan_t2i.hash"):
+        OmegaConf.register_new_resolver("gan_t2i.hash", _hash_resolver)
 
 
 def to_plain(cfg: DictConfig | Any) -> Any:

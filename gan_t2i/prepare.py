@@ -56,7 +56,7 @@ def prepare_embeddings(store: ImageStore, text: dict[str, Any], data_dir: Path, 
     encoded = cache.build(captions, factory, batch_size=int(text["batch_size"]), progress=progress)
     paths, dim = {}, 0
     for split in store.splits:
-        path = aligned_embeddings_path(cache.folder, store, split)
+        path = aligned_embeddings_path(cache.path, store, split)
         if not path.is_file() or encoded:
             write_aligned(cache, store.split(split).captions, path)
         paths[split] = path

@@ -1,0 +1,167 @@
+"""`python -m gan_t2i.train experiment=shapes_quick`: train a text-conditioned GAN.
+
+The run folder is Hydra's output folder (`hydra.run.dir=...` puts it anywhere); rerunning the
+same command continues the run from `checkpoints/last.pt` (`train.resume=auto`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from gan_t2i.cli import task
+from gan_t2i.config import to_plain
+from gan_t2i.logger import RunLogger
+from gan_t2i.networks import Discriminator, Generator
+from gan_t2i.prepare import prepare
+from gan_t2i.training.augment import DiffAugment
+from gan_t2i.training.checkpoint import load_checkpoint, load_latest
+from gan_t2i.training.data import TrainData, load_train_data
+from gan_t2i.training.loop import LoopSettings, Trainer
+from gan_t2i.training.loss import GANLoss, LossSettings
+from gan_t2i.utils import GanT2IError, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def build_generator(g: dict[str, Any], *, c_dim: int, resolution: int) -> Generator:
+    """Generator from the `generator` config group."""
+    return Generator(
+        c_dim=c_dim, resolution=resolution, z_dim=g["z_dim"], w_dim=g["w_dim"],
+        t_dim=g["t_dim"], mapping_layers=g["mapping_layers"], mapping_lr_mul=g["mapping_lr_mul"],
+        channel_base=g["channel_base"], channel_max=g["channel_max"],
+        grouped_modconv=g["grouped_modconv"],
+        attention_resolutions=tuple(g["attention_resolutions"]),
+        attention_heads=g["attention_heads"])
+
+
+def build_discriminator(d: dict[str, Any], *, c_dim: int, resolution: int) -> Discriminator:
+    """Discriminator from the `discriminator` config group."""
+    return Discriminator(
+        c_dim=c_dim, resolution=resolution, channel_base=d["channel_base"],
+        channel_max=d["channel_max"], cmap_dim=d["cmap_dim"], projection=d["projection"],
+        mbstd_group=d["mbstd_group"], mbstd_channels=d["mbstd_channels"])
+
+
+def build_optimizer(module: torch.nn.Module, *, lr: float, betas: list[float],
+                    device: torch.device) -> torch.optim.Optimizer:
+    """Adam (fused on GPU)."""
+    fused = device.type == "cuda"
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(betas), eps=1e-8, fused=fused)
+
+
+def _maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    if not enabled:
+        return module
+    try:
+        return torch.compile(module)
+    except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
+        log.warning("torch.compile unavailable (%s); running eager", str(e).splitlines()[0])
+        return module
+
+
+def build_trainer(cfg: dict[str, Any], data: TrainData, run_dir: Path, logger: RunLogger, *,
+                  device: torch.device, rank: int = 0, world_size: int = 1) -> Trainer:
+    """Networks, optimizers, loss and loop settings from a plain config dict."""
+    t, res = cfg["train"], cfg["data"]["resolution"]
+    G = build_generator(cfg["generator"], c_dim=data.c_dim, resolution=res)
+    D = build_discriminator(cfg["discriminator"], c_dim=data.c_dim, resolution=res)
+    mean = data.embedding_mean()
+    if cfg["generator"]["center_text"]:
+        G.text_embed.set_statistics(mean)
+    if cfg["discriminator"]["center_text"] and D.text_embed is not None:
+        D.text_embed.set_statistics(mean)
+    fmt = torch.channels_last if t["channels_last"] else torch.contiguous_format
+    G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
+    amp = bool(t["amp"])
+    loss = GANLoss(G, D, DiffAugment(cfg["augment"]["policy"]), LossSettings(**cfg["loss"]),
+                   amp=amp)
+    settings = LoopSettings(
+        total_kimg=t["total_kimg"], batch_size=t["batch_size"], tick_kimg=t["tick_kimg"],
+        snapshot_kimg=t["snapshot_kimg"], keep_snapshots=t["keep_snapshots"],
+        eval_every_kimg=t["eval_every_kimg"], ema_kimg=t["ema_kimg"], ema_rampup=t["ema_rampup"],
+        r1_interval=cfg["loss"]["r1_interval"], seed=t["seed"], channels_last=t["channels_last"],
+        max_nonfinite=t["max_nonfinite"], sample_z=t["sample_z"], workers=t["workers"],
+        progress=cfg["progress"])
+    return Trainer(G=G, D=D, loss=loss,
+                   opt_G=build_optimizer(G, lr=t["g_lr"], betas=t["betas"], device=device),
+                   opt_D=build_optimizer(D, lr=t["d_lr"], betas=t["betas"], device=device),
+                   data=data, settings=settings, run_dir=run_dir, logger=logger, device=device,
+                   config=cfg, rank=rank, world_size=world_size)
+
+
+def resume(trainer: Trainer, how: str, device: torch.device) -> str | None:
+    """Apply `train.resume`: auto (this run's newest checkpoint), none, or a file/run folder."""
+    if how in ("none", "", None):
+        return None
+    if how == "auto":
+        found = load_latest(trainer.ckpt_dir, map_location=device)
+    else:
+        path = Path(how)
+        if path.is_dir():
+            found = load_latest(path / "checkpoints" if (path / "checkpoints").is_dir() else path,
+                                map_location=device)
+            if found is None:
+                raise GanT2IError(f"train.resume: no readable checkpoint under {path}")
+        else:
+            found = (load_checkpoint(path, map_location=device), path)
+    if found is None:
+        return None
+    state, path = found
+    trainer.load_state_dict(state)
+    return str(path)
+
+
+def train(cfg: dict[str, Any], run_dir: Path) -> Trainer:
+    """Prepare data (reused when built), then train; returns the finished trainer."""
+    t = cfg["train"]
+    if t["num_threads"] > 0:
+        torch.set_num_threads(t["num_threads"])
+    if t["batch_size"] <= 0:
+        raise GanT2IError("train.batch_size must be positive")
+    device = resolve_device(t["device"])
+    prepared = prepare(cfg["data"], cfg["text"], cfg["paths"]["data_dir"],
+                       progress=cfg["progress"])
+    data = load_train_data(prepared.store, prepared.embeddings, xflip=cfg["data"]["xflip"],
+                           sample_captions=t["sample_captions"])
+    seed_everything(t["seed"])
+    logger = RunLogger(run_dir, mode=cfg["logger"]["mode"], project=cfg["logger"]["project"],
+                       name=run_dir.name, config=cfg, tags=cfg["logger"]["tags"])
+    trainer = build_trainer(cfg, data, run_dir, logger, device=device)
+    resumed = resume(trainer, t["resume"], device)
+    if resumed:
+        log.info("resumed from %s at kimg %.1f", resumed, trainer.progress.cur_nimg / 1000)
+    try:
+        trainer.run()
+    finally:
+        logger.close()
+    return trainer
+
+
+def report(trainer: Trainer) -> str:
+    """Where the results are."""
+    grids = sorted((trainer.run_dir / "samples").glob("grid-*.png"))
+    lines = [f"run folder: {trainer.run_dir}",
+             f"kimg: {trainer.progress.cur_nimg / 1000:.1f}",
+             f"checkpoint: {trainer.ckpt_dir / 'last.pt'}"]
+    if grids:
+        lines.append(f"last sample grid: {grids[-1]}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@task
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    run_dir = Path(cfg.paths.output_dir)
+    trainer = train(to_plain(cfg), run_dir)
+    print(report(trainer))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""What the loop reads: the train split as batches, caption embeddings by index, sample captions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from gan_t2i.data import ImageCaptionDataset, ImageStore, InfiniteSampler, collate
+
+
+@dataclass
+class TrainData:
+    """The train split and its caption embeddings, plus fixed captions for sample grids."""
+
+    dataset: ImageCaptionDataset
+    embeddings: torch.Tensor  # [M, D] float16, row i = caption i of the train split
+    caption_image: torch.Tensor  # [M] int64, the image each caption describes
+    sample_texts: list[str]
+    sample_embeddings: torch.Tensor  # [K, D] float32
+
+    @property
+    def c_dim(self) -> int:
+        """Caption embedding width."""
+        return int(self.embeddings.shape[1])
+
+    def embedding_mean(self) -> torch.Tensor:
+        """Mean caption embedding of the train split [D] (for centring)."""
+        return self.embeddings.float().mean(0)
+
+    def loader(self, *, batch_size: int, seed: int, start: int, rank: int = 0,
+               world_size: int = 1, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+        """Endless batches `(uint8 images [b, 3, H, W], caption idx [b])` from item `start` on."""
+        sampler = InfiniteSampler(len(self.dataset), seed=seed, rank=rank,
+                                  world_size=world_size, start=start)
+        return DataLoader(self.dataset, batch_size=batch_size, sampler=sampler,
+                          collate_fn=collate, num_workers=workers, pin_memory=pin_memory,
+                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+
+
+def _sample_captions(store: ImageStore, embeddings: dict[str, Path], per_split: int
+                     ) -> tuple[list[str], np.ndarray]:
+    """First caption of the first `per_split` images of each evaluation split."""
+    texts, rows = [], []
+    for split in ("val", "val_heldout"):
+        if split not in store.splits or split not in embeddings:
+            continue
+        s = store.split(split)
+        table = np.load(embeddings[split], mmap_mode="r")
+        first = {}
+        for i, img in enumerate(s.caption_image.tolist()):
+            first.setdefault(img, i)
+            if len(first) >= per_split:
+                break
+        for i in first.values():
+            texts.append(s.captions[i])
+            rows.append(np.asarray(table[i], dtype=np.float32))
+    return texts, np.stack(rows) if rows else np.zeros((0, 1), np.float32)
+
+
+def load_train_data(store: ImageStore, embeddings: dict[str, Path], *, xflip: bool = False,
+                    sample_captions: int = 6) -> TrainData:
+    """Open the train split and load its embeddings into memory (float16)."""
+    split = store.split("train")
+    table = torch.from_numpy(np.load(embeddings["train"]))  # [M, D] float16
+    if table.shape[0] != split.num_captions:
+        raise ValueError(f"embeddings have {table.shape[0]} rows for {split.num_captions} captions")
+    texts, sample = _sample_captions(store, embeddings, sample_captions)
+    if not texts:  # no evaluation split: use train captions
+        texts = split.captions[:sample_captions]
+        sample = table[: len(texts)].float().numpy()
+    return TrainData(dataset=ImageCaptionDataset(split, xflip=xflip), embeddings=table,
+                     caption_image=torch.from_numpy(split.caption_image.copy()),
+                     sample_texts=texts, sample_embeddings=torch.from_numpy(sample))

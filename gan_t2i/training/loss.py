@@ -1,0 +1,123 @@
+"""The GAN loss: owns G, D and the augmentation, and runs the phases of one iteration.
+
+One iteration (the loop only orchestrates optimizers around these calls):
+  1. `generate`  : fakes = G(z, c) for the batch's captions (graph kept for the G phase)
+  2. `d_phase`   : D main on fakes (detached), reals, and reals paired with a mismatched caption
+                   (matching-aware); on every `r1_interval`-th step, lazy R1 on the reals in
+                   float32, scaled by the interval as in StyleGAN2, in the same backward
+  3. `g_phase`   : G main through the freshly updated D, back through the graph of step 1
+
+Generating once per iteration saves a G forward compared to StyleGAN2-ADA's separate phases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gan_t2i.networks import Discriminator, Generator
+from gan_t2i.training.augment import DiffAugment
+from gan_t2i.training.ema import requires_grad
+
+
+@dataclass
+class LossSettings:
+    """The loss's knobs (see conf/loss/*.yaml)."""
+
+    kind: str = "nonsaturating"  # nonsaturating | hinge
+    r1_gamma: float = 1.0
+    r1_interval: int = 16  # lazy R1 every N D steps; 0 disables R1
+    mismatch_weight: float = 0.5  # matching-aware term: real image + wrong caption = negative
+    style_mixing: float = 0.0
+
+
+def mismatched(image_index: torch.Tensor) -> torch.Tensor:
+    """For each sample, the index of another sample in the batch showing a different image."""
+    b = image_index.shape[0]
+    idx = torch.arange(b, device=image_index.device)
+    out = torch.roll(idx, 1)
+    for shift in range(2, b):  # rare: fix samples whose neighbour shows the same image
+        same = image_index[out] == image_index
+        if not same.any():
+            break
+        out = torch.where(same, torch.roll(idx, shift), out)
+    return out
+
+
+def r1_penalty(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared gradient norm of D's output w.r.t. its (real) input images, [B].
+
+    Uses autograd.grad with create_graph=True so the penalty is differentiable (and works
+    under DDP, where backward hooks see only the final loss).
+    """
+    (grad,) = torch.autograd.grad(logits.sum(), images, create_graph=True)
+    return grad.float().square().sum(dim=[1, 2, 3])
+
+
+class GANLoss:
+    """Runs the phases of a text-conditioned GAN iteration; returns detached statistics."""
+
+    def __init__(self, G: Generator, D: Discriminator, augment: DiffAugment,
+                 settings: LossSettings, *, amp: bool = False):
+        if settings.kind not in ("nonsaturating", "hinge"):
+            raise ValueError(f"unknown loss kind '{settings.kind}' (nonsaturating | hinge)")
+        self.G, self.D, self.augment, self.s = G, D, augment, settings
+        self.amp = amp
+
+    def _autocast(self, device: torch.device, enabled: bool = True):
+        if not (self.amp and enabled):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def _d_out(self, images: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.D(self.augment(images), c).float()
+
+    def generate(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Fakes [B, 3, R, R] for captions c; the graph stays for `g_phase`."""
+        requires_grad(self.G, True)
+        with self._autocast(z.device):
+            return self.G(z, c, style_mixing=self.s.style_mixing, update_w_avg=True)
+
+    def d_phase(self, fakes: torch.Tensor, real: torch.Tensor, c: torch.Tensor,
+                image_index: torch.Tensor, *, do_r1: bool) -> tuple[torch.Tensor, dict]:
+        """D main (+ lazy R1 when `do_r1`); returns (loss, stats). The caller runs backward."""
+        requires_grad(self.D, True)
+        dev = real.device
+        with self._autocast(dev):
+            fake_logits = self._d_out(fakes.detach(), c)
+        real = real.detach().requires_grad_(do_r1)
+        with self._autocast(dev, enabled=not do_r1):  # R1's gradient norm stays in float32
+            phi = self.D.features(self.augment(real))
+            real_logits = self.D.score(phi, c).float()
+            mis_logits = None
+            if self.s.mismatch_weight > 0 and self.D.projection:
+                mis_logits = self.D.score(phi, c[mismatched(image_index)]).float()
+        loss = self._d_loss(real_logits, fake_logits, mis_logits)
+        stats = {"loss_D": loss.detach(), "D_real": real_logits.detach().mean(),
+                 "D_fake": fake_logits.detach().mean()}
+        if mis_logits is not None:
+            stats["D_mismatch"] = mis_logits.detach().mean()
+        if do_r1:
+            penalty = r1_penalty(real_logits, real)
+            loss = loss + penalty.mean() * (self.s.r1_gamma / 2) * self.s.r1_interval
+            stats["r1_penalty"] = penalty.detach().mean()
+        return loss, stats
+
+    def _d_loss(self, real: torch.Tensor, fake: torch.Tensor, mis: torch.Tensor | None
+                ) -> torch.Tensor:
+        if self.s.kind == "hinge":
+            loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+            return loss + (self.s.mismatch_weight * F.relu(1 + mis).mean() if mis is not None else 0)
+        loss = F.softplus(-real).mean() + F.softplus(fake).mean()
+        return loss + (self.s.mismatch_weight * F.softplus(mis).mean() if mis is not None else 0)
+
+    def g_phase(self, fakes: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """G main through the current D; returns (loss, stats). The caller runs backward."""
+        requires_grad(self.D, False)
+        with self._autocast(fakes.device):
+            logits = self._d_out(fakes, c)
+        loss = -logits.mean() if self.s.kind == "hinge" else F.softplus(-logits).mean()
+        return loss, {"loss_G": loss.detach()}
