@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -43,10 +43,10 @@ class DataConfig:
 
     name: str = "shapes"  # shapes | coco
     resolution: int = 64
-    annotations: Optional[str] = None  # COCO captions JSON of the train split (coco only)
-    images: Optional[str] = None  # image folder of the train split (coco only)
-    val_annotations: Optional[str] = None  # optional val split (coco only)
-    val_images: Optional[str] = None
+    annotations: str | None = None  # COCO captions JSON of the train split (coco only)
+    images: str | None = None  # image folder of the train split (coco only)
+    val_annotations: str | None = None  # optional val split (coco only)
+    val_images: str | None = None
     on_bad_image: BadImagePolicy = BadImagePolicy.skip
     xflip: bool = False  # doubles the dataset with mirrored images (off: captions name sides)
     workers: int = 2  # image-decoding processes in prepare
@@ -59,7 +59,7 @@ class TextConfig:
 
     model: str = "minilm"  # alias, sentence-transformers name, or local folder
     batch_size: int = 256
-    max_length: Optional[int] = None  # token limit; None keeps the model's own
+    max_length: int | None = None  # token limit; None keeps the model's own
     tokens: bool = False  # also cache token embeddings [T, D] (for cross-attention)
     max_tokens: int = 32
     device: str = "auto"
@@ -96,7 +96,7 @@ class DiscriminatorConfig:
 
     channel_base: int = 4096
     channel_max: int = 128
-    cmap_dim: Optional[int] = None  # projection width (default: channels at 4x4)
+    cmap_dim: int | None = None  # projection width (default: channels at 4x4)
     projection: bool = True  # False: D ignores the caption (ablation)
     mbstd_group: int = 4
     mbstd_channels: int = 1
@@ -131,7 +131,7 @@ class TrainConfig:
     d_lr: float = 0.002
     betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
     ema_kimg: float = 1.0  # half-life of G_ema in kimg
-    ema_rampup: Optional[float] = 0.05  # half-life <= this fraction of images seen so far
+    ema_rampup: float | None = 0.05  # half-life <= this fraction of images seen so far
     tick_kimg: float = 1.0  # a stats.jsonl line every tick
     snapshot_kimg: float = 10.0  # checkpoint + sample grid
     keep_snapshots: int = 3  # snapshots kept besides last.pt (0: all)

@@ -14,9 +14,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from gan_t2i.cli import task
 from gan_t2i.config import to_plain
 from gan_t2i.data import ImageStore, prepare_store
-from gan_t2i.cli import task
 from gan_t2i.utils import resolve_device
 
 log = logging.getLogger(__name__)

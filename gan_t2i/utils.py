@@ -9,8 +9,9 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str = "auto") -> "torch.device":  # noqa: F821
+def resolve_device(device: str = "auto") -> torch.device:  # noqa: F821
     """Turn 'auto' | 'cpu' | 'cuda' | 'cuda:N' into a torch.device."""
     import torch
 

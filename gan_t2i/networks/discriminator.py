@@ -15,7 +15,6 @@ from gan_t2i.networks.layers import (
     EqualConv2d,
     EqualLinear,
     downsample2x,
-    lrelu,
     minibatch_stddev,
 )
 from gan_t2i.networks.text import TextEmbed

@@ -119,7 +119,8 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_channels: int = 1
     while b % g:  # a group must divide the batch
         g -= 1
     f = num_channels
-    y = x.float().reshape(g, -1, f, c // f, h, w)  # [G, n, F, c, H, W]
+    y = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least, never less
+    y = y.reshape(g, -1, f, c // f, h, w)  # [G, n, F, c, H, W]
     y = y - y.mean(dim=0)
     y = (y.square().mean(dim=0) + 1e-8).sqrt()  # [n, F, c, H, W]
     y = y.mean(dim=[2, 3, 4])  # [n, F]

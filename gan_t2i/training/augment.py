@@ -7,7 +7,7 @@ the checkpoints save, so a resumed run draws the same augmentations.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

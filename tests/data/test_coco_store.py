@@ -143,7 +143,8 @@ def test_dataset_items_sampler_and_loader(fixture_store):
     ds = ImageCaptionDataset(split)
     image, caption = ds[3]
     assert image.shape == (3, 24, 24) and image.dtype == torch.uint8
-    assert torch.equal(image, torch.from_numpy(np.array(split.images[split.caption_image[3]])).permute(2, 0, 1))
+    expected = torch.from_numpy(np.array(split.images[split.caption_image[3]])).permute(2, 0, 1)
+    assert torch.equal(image, expected)
     flipped = ImageCaptionDataset(split, xflip=True)
     assert len(flipped) == 2 * len(ds)
     mirror, caption_m = flipped[len(ds) + 3]
