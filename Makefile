@@ -27,11 +27,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP) ## create .venv with the pinned torch pair and gan_t2i[dev] (seconds when done)
 
-data: $(STAMP) ## build the shapes image store and caption embeddings (ARGS=... to override)
-	$(PY) -m gan_t2i.prepare $(ARGS)
+data: $(STAMP) ## build the image store and caption embeddings of EXPERIMENT (reused when built)
+	$(PY) -m gan_t2i.prepare experiment=$(EXPERIMENT) $(ARGS)
 
-train: data ## prepare data, train EXPERIMENT (default shapes_quick), evaluate, print where results are
-	$(PY) -m gan_t2i.train experiment=$(EXPERIMENT) $(ARGS)
+train: data ## prepare data, train EXPERIMENT (default shapes_quick), print where the results are
+	$(PY) -m gan_t2i.train experiment=$(EXPERIMENT) logger=wandb $(ARGS)
 
 test: $(STAMP) ## run the test suite (CPU, a few minutes)
 	WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)

@@ -139,7 +139,8 @@ class TrainConfig:
     resume: str = "auto"  # auto | none | path to a checkpoint or run folder
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bfloat16 autocast for G and D (never for R1, demodulation, loss sums)
+    amp: str = "auto"  # auto | bf16 | off: bfloat16 autocast (auto: on GPU, and on CPUs with
+    # native bf16, AVX512-BF16 or AMX; emulated bf16 is several times slower than fp32)
     channels_last: bool = True
     compile: bool = False  # torch.compile the networks (falls back with a warning)
     workers: int = 0  # DataLoader workers (0: load in the main process; the store is mmapped)

@@ -24,7 +24,7 @@ from gan_t2i.training.checkpoint import load_checkpoint, load_latest
 from gan_t2i.training.data import TrainData, load_train_data
 from gan_t2i.training.loop import LoopSettings, Trainer
 from gan_t2i.training.loss import GANLoss, LossSettings
-from gan_t2i.utils import GanT2IError, resolve_device, seed_everything
+from gan_t2i.utils import GanT2IError, resolve_device, seed_everything, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,10 @@ def build_trainer(cfg: dict[str, Any], data: TrainData, run_dir: Path, logger: R
         D.text_embed.set_statistics(mean)
     fmt = torch.channels_last if t["channels_last"] else torch.contiguous_format
     G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
-    amp = bool(t["amp"])
-    loss = GANLoss(G, D, DiffAugment(cfg["augment"]["policy"]), LossSettings(**cfg["loss"]),
-                   amp=amp)
+    amp = use_bf16(str(t["amp"]), device)
+    # The loss may run compiled wrappers; state dicts and optimizers keep the plain modules.
+    loss = GANLoss(_maybe_compile(G, t["compile"]), _maybe_compile(D, t["compile"]),
+                   DiffAugment(cfg["augment"]["policy"]), LossSettings(**cfg["loss"]), amp=amp)
     settings = LoopSettings(
         total_kimg=t["total_kimg"], batch_size=t["batch_size"], tick_kimg=t["tick_kimg"],
         snapshot_kimg=t["snapshot_kimg"], keep_snapshots=t["keep_snapshots"],

@@ -148,6 +148,32 @@ def resolve_device(device: str = "auto") -> torch.device:  # noqa: F821
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX); Linux only."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def use_bf16(amp: str, device: torch.device) -> bool:  # noqa: F821
+    """Resolve `train.amp` (auto | bf16 | off) for a device."""
+    if amp not in ("auto", "bf16", "off"):
+        raise GanT2IError(f"train.amp must be auto, bf16 or off, got '{amp}'")
+    if amp != "auto":
+        return amp == "bf16"
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 def configure_cpu() -> None:
     """CPU hygiene: flush denormals (they slow CPU training badly as weights shrink)."""
     import torch

@@ -3,7 +3,7 @@
 Layout in a run folder::
 
     checkpoints/last.pt                 newest state (rewritten at every snapshot)
-    checkpoints/snapshot-000120kimg.pt  kept every `snapshot_kimg`, the newest `keep` of them
+    checkpoints/snapshot-000120.000kimg.pt  every `snapshot_kimg`, the newest `keep` of them
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from gan_t2i.utils import GanT2IError, PathLike, atomic_path
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_RE = re.compile(r"snapshot-(\d+)kimg\.pt$")
+SNAPSHOT_RE = re.compile(r"snapshot-(\d+\.\d+)kimg\.pt$")
 
 
 def code_version() -> str:
@@ -77,6 +78,12 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+def copy_checkpoint(src: PathLike, dst: PathLike) -> None:
+    """Copy a checkpoint atomically (a real copy: damage to one file never reaches the other)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True`; a bad file raises one clear GanT2IError."""
     path = Path(path)
@@ -91,13 +98,13 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
 
 def snapshot_name(cur_nimg: int) -> str:
     """File name of the snapshot taken at `cur_nimg` images."""
-    return f"snapshot-{cur_nimg // 1000:06d}kimg.pt"
+    return f"snapshot-{cur_nimg / 1000:010.3f}kimg.pt"
 
 
 def list_snapshots(folder: PathLike) -> list[Path]:
     """Snapshots in a checkpoints folder, oldest first."""
     folder = Path(folder)
-    found = [(int(m.group(1)), p) for p in folder.glob("snapshot-*kimg.pt")
+    found = [(float(m.group(1)), p) for p in folder.glob("snapshot-*kimg.pt")
              if (m := SNAPSHOT_RE.search(p.name))]
     return [p for _, p in sorted(found)]
 

@@ -11,7 +11,6 @@ import copy
 import logging
 import os
 import resource
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from gan_t2i.networks import Discriminator, Generator
 from gan_t2i.training.checkpoint import (
     all_finite,
     code_version,
+    copy_checkpoint,
     load_state_strict,
     prune_snapshots,
     rng_state,
@@ -301,11 +301,5 @@ class Trainer:
                                   f"not writing a checkpoint (the previous one is intact)")
         last = self.ckpt_dir / "last.pt"
         save_checkpoint(last, self.state_dict())
-        snap = self.ckpt_dir / snapshot_name(p.cur_nimg)
-        try:
-            if snap.exists():
-                snap.unlink()
-            os.link(last, snap)  # last.pt is replaced by rename later, so the link stays intact
-        except OSError:
-            shutil.copyfile(last, snap)
+        copy_checkpoint(last, self.ckpt_dir / snapshot_name(p.cur_nimg))
         prune_snapshots(self.ckpt_dir, self.s.keep_snapshots)

@@ -1,0 +1,176 @@
+"""The training loop: two steps of every experiment, exact resume, corrupt checkpoints, NaN."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, plain_config
+
+from gan_t2i.logger import RunLogger
+from gan_t2i.train import build_trainer, resume, train
+from gan_t2i.training.checkpoint import list_snapshots, load_checkpoint
+from gan_t2i.training.data import load_train_data
+from gan_t2i.utils import GanT2IError, read_jsonl
+
+
+def _cfg(data_dir: Path, run_dir: Path, *extra: str) -> dict:
+    return plain_config(["experiment=smoke", f"paths.data_dir={data_dir}", "progress=false",
+                         *extra], run_dir)
+
+
+def _trainer(cfg: dict, run_dir: Path):
+    from gan_t2i.prepare import prepare
+
+    prepared = prepare(cfg["data"], cfg["text"], cfg["paths"]["data_dir"], progress=False)
+    data = load_train_data(prepared.store, prepared.embeddings, sample_captions=2)
+    torch.manual_seed(cfg["train"]["seed"])
+    return build_trainer(cfg, data, run_dir, RunLogger(run_dir), device=torch.device("cpu"))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(path)
+    return {f"{net}.{k}": v for net in ("G", "D", "G_ema") for k, v in state[net].items()}
+
+
+def test_smoke_run_writes_the_run_folder(smoke_data_dir, tmp_path):
+    run = tmp_path / "run"
+    trainer = train(_cfg(smoke_data_dir, run), run)
+    assert trainer.progress.cur_nimg == 64
+    stats = read_jsonl(run / "stats.jsonl")
+    assert [r["nimg"] for r in stats] == [16, 32, 48, 64]
+    for key in ("loss_D", "loss_G", "D_real", "D_fake", "D_mismatch", "img_per_s", "sec_per_kimg",
+                "peak_mem_mb", "data_wait_frac"):
+        assert key in stats[-1], key
+    assert any("r1_penalty" in r for r in stats)
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert [p.name for p in list_snapshots(run / "checkpoints")] == [
+        "snapshot-000000.032kimg.pt", "snapshot-000000.064kimg.pt"]
+    grids = sorted((run / "samples").glob("grid-*.png"))
+    assert grids, "no sample grid"
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["cur_nimg"] == 64 and state["config"]["name"] == "smoke"
+    assert set(state) >= {"G", "D", "G_ema", "opt_G", "opt_D", "rng", "code_version", "augment"}
+
+
+def test_nan_loss_is_skipped_and_counted(smoke_data_dir, tmp_path):
+    cfg = _cfg(smoke_data_dir, tmp_path)
+    trainer = _trainer(cfg, tmp_path)
+    calls = {"n": 0}
+
+    def inject(name, loss):
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] == 3 else loss  # D phase of the second step
+
+    trainer.fault = inject
+    trainer.run()
+    assert trainer.progress.nonfinite_total == 1
+    for module in (trainer.G, trainer.D, trainer.G_ema):
+        assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert read_jsonl(tmp_path / "stats.jsonl")[-1]["nonfinite_total"] == 1
+
+
+def test_nan_every_step_stops_and_keeps_last_good_checkpoint(smoke_data_dir, tmp_path):
+    cfg = _cfg(smoke_data_dir, tmp_path, "train.max_nonfinite=3")
+    trainer = _trainer(cfg, tmp_path)
+    trainer.run()  # a good run first: writes last.pt at 64 images
+    good = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    trainer.s.total_kimg = 0.2
+    trainer.fault = lambda name, loss: loss * float("nan")
+    with pytest.raises(GanT2IError, match="3 non-finite steps in a row"):
+        trainer.run()
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == good
+
+
+def test_truncated_last_falls_back_to_snapshot(smoke_data_dir, tmp_path, caplog):
+    run = tmp_path / "run"
+    train(_cfg(smoke_data_dir, run, "train.snapshot_kimg=0.016", "train.keep_snapshots=0"), run)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    trainer = _trainer(_cfg(smoke_data_dir, run), run)
+    with caplog.at_level(logging.WARNING):
+        path = resume(trainer, "auto", torch.device("cpu"))
+    assert path.endswith("snapshot-000000.064kimg.pt")
+    assert trainer.progress.cur_nimg == 64
+    assert any("cannot read checkpoint" in r.getMessage() for r in caplog.records)
+
+
+def test_other_architecture_lists_mismatched_keys(smoke_data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(smoke_data_dir, run), run)
+    other = _trainer(_cfg(smoke_data_dir, tmp_path / "b", "generator.channel_max=16",
+                          "generator.mapping_layers=3"), tmp_path / "b")
+    with pytest.raises(GanT2IError, match="different architecture") as info:
+        resume(other, str(run), torch.device("cpu"))
+    message = str(info.value)
+    assert "shape mismatch" in message and "mapping.layers.2" in message and "\n" not in message
+
+
+def _train_cmd(data_dir: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gan_t2i.train", "experiment=smoke", f"paths.data_dir={data_dir}",
+            f"hydra.run.dir={run}", "progress=false", "train.total_kimg=0.192",
+            "train.snapshot_kimg=0.016", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(smoke_data_dir, tmp_path):
+    alone, killed = tmp_path / "alone", tmp_path / "killed"
+    subprocess.run(_train_cmd(smoke_data_dir, alone), check=True, cwd=ROOT, env=_env(),
+                   capture_output=True, timeout=600)
+    proc = subprocess.Popen(_train_cmd(smoke_data_dir, killed), cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill mid-run, once a few snapshots exist
+        if len(list((killed / "checkpoints").glob("snapshot-*"))) >= 1 and \
+                (killed / "stats.jsonl").is_file() and \
+                len(read_jsonl(killed / "stats.jsonl")) >= 5:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = load_checkpoint(killed / "checkpoints" / "last.pt")["cur_nimg"]
+    assert 0 < before < 192, "the kill should land mid-run"
+    done = subprocess.run(_train_cmd(smoke_data_dir, killed), cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a = _weights(alone / "checkpoints" / "last.pt")
+    b = _weights(killed / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ after resume: {different[:5]}"
+    sa = load_checkpoint(alone / "checkpoints" / "last.pt")
+    sb = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert sa["cur_nimg"] == sb["cur_nimg"] == 192
+    assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
+
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_trains_two_steps(experiment, smoke_data_dir, tmp_path, coco_fixture):
+    extra = [f"experiment={experiment}", f"paths.data_dir={smoke_data_dir}", "progress=false",
+             "train.batch_size=4", "train.total_kimg=0.008", "train.snapshot_kimg=1",
+             "train.tick_kimg=0.004", "train.sample_captions=1", "train.sample_z=2"]
+    cfg = plain_config(extra, tmp_path)
+    if cfg["data"]["name"] == "coco":
+        cfg = plain_config([*extra, f"data.annotations={coco_fixture[0]}",
+                            f"data.images={coco_fixture[1]}"], tmp_path)
+    elif cfg["data"]["shapes"]["num_train"] > 64:  # the real sizes take minutes to generate
+        cfg = plain_config([*extra, "data.shapes.num_train=64", "data.shapes.num_val=8",
+                            "data.shapes.num_val_heldout=8"], tmp_path)
+    trainer = train(cfg, tmp_path)
+    assert trainer.progress.step == 2
+    assert [r["step"] for r in read_jsonl(tmp_path / "stats.jsonl")] == [1, 2]
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
