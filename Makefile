@@ -33,6 +33,14 @@ data: $(STAMP) ## build the image store and caption embeddings of EXPERIMENT (re
 train: data ## prepare data, train EXPERIMENT (default shapes_quick), print where the results are
 	$(PY) -m gan_t2i.train experiment=$(EXPERIMENT) logger=wandb $(ARGS)
 
+# The newest run with a checkpoint (for sample / eval).
+RUN ?= $(shell ls -t outputs/runs/*/checkpoints/last.pt 2>/dev/null | head -1 | xargs -r dirname | xargs -r dirname)
+PROMPTS ?= a large red circle in the top left|a small blue square in the center|a large yellow triangle in the bottom right
+
+sample: $(STAMP) ## sample the newest run: make sample PROMPTS='a red circle in the top left|...'
+	@test -n "$(RUN)" || { echo "no run with a checkpoint under outputs/runs: run make train first"; exit 1; }
+	$(PY) -m gan_t2i.sample run=$(RUN) "prompts=$$($(PY) -c 'import json,sys; print(json.dumps(sys.argv[1].split("|")))' "$(PROMPTS)")" $(ARGS)
+
 test: $(STAMP) ## run the test suite (CPU, a few minutes)
 	WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)
 

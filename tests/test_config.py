@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from conftest import CONF, compose
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -31,13 +30,23 @@ def test_every_group_option_composes(group, option):
 def test_defaults_resolve_to_shapes_minilm():
     cfg = compose([])
     assert cfg.data.name == "shapes" and cfg.text.model == "minilm"
-    assert OmegaConf.is_missing(compose(["data=coco"]).data, "annotations")
+
+
+def test_coco_without_annotations_is_one_clear_error(tmp_path):
+    from gan_t2i.config import to_plain
+    from gan_t2i.data import prepare_store
+    from gan_t2i.utils import GanT2IError
+
+    data = to_plain(compose(["data=coco"]).data)
+    with pytest.raises(GanT2IError, match="data.annotations is required for data=coco"):
+        prepare_store(data, tmp_path)
 
 
 @pytest.mark.parametrize("override,key", [
     ("data.resolutoin=32", "resolutoin"),
     ("train.totl_kimg=5", "totl_kimg"),
-    ("+generator.chanel_max=3", "chanel_max"),
+    ("generator.chanel_max=3", "chanel_max"),
+    ("loss.r1_gama=1", "r1_gama"),
 ])
 def test_mistyped_key_fails_naming_it(override, key):
     with pytest.raises((ConfigCompositionException, ConfigKeyError)) as info:

@@ -36,7 +36,10 @@ class TrainData:
         """Endless batches `(uint8 images [b, 3, H, W], caption idx [b])` from item `start` on."""
         sampler = InfiniteSampler(len(self.dataset), seed=seed, rank=rank,
                                   world_size=world_size, start=start)
-        return DataLoader(self.dataset, batch_size=batch_size, sampler=sampler,
+        # Its own generator: creating the iterator must not draw from the global torch RNG,
+        # or a resumed run (which creates it again) would drift from the uninterrupted one.
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(self.dataset, batch_size=batch_size, sampler=sampler, generator=generator,
                           collate_fn=collate, num_workers=workers, pin_memory=pin_memory,
                           persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
