@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 EXPERIMENT ?= shapes_quick
 ARGS ?=
 
-.PHONY: help install data train test lint format bench eval compare sample clean
+.PHONY: help install data train test lint format eval compare sample clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,8 +30,9 @@ install: $(STAMP) ## create .venv with the pinned torch pair and gan_t2i[dev] (s
 data: $(STAMP) ## build the image store and caption embeddings of EXPERIMENT (reused when built)
 	$(PY) -m gan_t2i.prepare experiment=$(EXPERIMENT) $(ARGS)
 
-train: data ## prepare data, train EXPERIMENT (default shapes_quick), print where the results are
+train: data ## prepare data, train EXPERIMENT (default shapes_quick), evaluate, print where results are
 	$(PY) -m gan_t2i.train experiment=$(EXPERIMENT) logger=wandb $(ARGS)
+	$(PY) -m gan_t2i.evaluate run=$$(ls -td outputs/runs/$(EXPERIMENT)-*/ | head -1)
 
 # The newest run with a checkpoint (for sample / eval).
 RUN ?= $(shell ls -t outputs/runs/*/checkpoints/last.pt 2>/dev/null | head -1 | xargs -r dirname | xargs -r dirname)
@@ -40,6 +41,13 @@ PROMPTS ?= a large red circle in the top left|a small blue square in the center|
 sample: $(STAMP) ## sample the newest run: make sample PROMPTS='a red circle in the top left|...'
 	@test -n "$(RUN)" || { echo "no run with a checkpoint under outputs/runs: run make train first"; exit 1; }
 	$(PY) -m gan_t2i.sample run=$(RUN) "prompts=$$($(PY) -c 'import json,sys; print(json.dumps(sys.argv[1].split("|")))' "$(PROMPTS)")" $(ARGS)
+
+eval: $(STAMP) ## evaluate the newest run (RUN=... to pick one, ARGS='checkpoint=all')
+	@test -n "$(RUN)" || { echo "no run with a checkpoint under outputs/runs: run make train first"; exit 1; }
+	$(PY) -m gan_t2i.evaluate run=$(RUN) $(ARGS)
+
+compare: $(STAMP) ## compare all runs under outputs/runs (tables + plots in outputs/compare/)
+	$(PY) -m gan_t2i.compare 'runs=[outputs/runs/*]' $(ARGS)
 
 test: $(STAMP) ## run the test suite (CPU, a few minutes)
 	WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)

@@ -151,6 +151,24 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation settings (python -m gan_t2i.evaluate, and train.eval_every_kimg)."""
+
+    metrics: list[str] = field(default_factory=lambda: [
+        "shapes_alignment", "r_precision", "fid", "kid", "precision_recall"])
+    num_images: int = 1000  # generated images per split (one per evaluation image's caption)
+    splits: list[str] = field(default_factory=lambda: ["val", "val_heldout"])
+    extractor: str = "auto"  # features for fid/kid/pr: auto (shapes_oracle on shapes,
+    # inception otherwise) | shapes_oracle | inception | random_cnn
+    inception_weights: str | None = None  # local TorchScript inception-2015-12-05.pt
+    truncation: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+    kid_subset_size: int = 1000
+    num_bootstrap: int = 1000
+
+
+@dataclass
 class LoggerConfig:
     """Where logs go besides the run folder's JSON lines."""
 
@@ -172,8 +190,22 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     progress: bool = True  # progress bars
+
+
+@dataclass
+class EvaluateConfig:
+    """python -m gan_t2i.evaluate: score a run's checkpoints."""
+
+    run: str = MISSING  # run folder
+    checkpoint: str = "last"  # last | all | <kimg> | path to a .pt
+    metrics: list[str] | None = None  # default: eval.metrics
+    device: str = "auto"
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    progress: bool = True
 
 
 def _hash_resolver(text: Any) -> str:
@@ -184,6 +216,7 @@ def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore and the `gan_t2i.hash` resolver."""
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
     if not OmegaConf.has_resolver("gan_t2i.hash"):
         OmegaConf.register_new_resolver("gan_t2i.hash", _hash_resolver)
 

@@ -7,6 +7,7 @@ same command continues the run from `checkpoints/last.pt` (`train.resume=auto`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from gan_t2i.logger import RunLogger
 from gan_t2i.networks import Discriminator, Generator
 from gan_t2i.prepare import prepare
 from gan_t2i.training.augment import DiffAugment
-from gan_t2i.training.checkpoint import load_checkpoint, load_latest
+from gan_t2i.training.checkpoint import load_checkpoint, load_latest, rng_state, set_rng_state
 from gan_t2i.training.data import TrainData, load_train_data
 from gan_t2i.training.loop import LoopSettings, Trainer
 from gan_t2i.training.loss import GANLoss, LossSettings
@@ -118,6 +119,34 @@ def resume(trainer: Trainer, how: str, device: torch.device) -> str | None:
     return str(path)
 
 
+def build_evaluate_hook(cfg: dict[str, Any], prepared: Any, device: torch.device
+                        ) -> Callable[[Generator, int], list[dict]] | None:
+    """`train.eval_every_kimg`: score G_ema with `eval.metrics` without touching the RNG stream."""
+    if cfg["train"]["eval_every_kimg"] <= 0 or not cfg["eval"]["metrics"]:
+        return None
+    from gan_t2i.evaluate import Evaluator, check_metrics, eval_splits
+
+    check_metrics(cfg["eval"]["metrics"])
+    if not eval_splits(prepared.store, prepared.embeddings, cfg["eval"]["splits"]):
+        log.warning("train.eval_every_kimg: no split of eval.splits=%s in the dataset; "
+                    "no evaluation during training (set data.val_annotations for coco)",
+                    cfg["eval"]["splits"])
+        return None
+    evaluator = Evaluator(prepared.store, prepared.embeddings, cfg["eval"],
+                          cache_dir=Path(cfg["paths"]["data_dir"]) / "eval", device=device,
+                          progress=cfg["progress"])
+
+    def evaluate(G: Generator, nimg: int) -> list[dict]:
+        state = rng_state()  # evaluation (and a first oracle training) must not shift training
+        try:
+            return [{"kimg": nimg / 1000, **r, "seed": cfg["eval"]["seed"]}
+                    for r in evaluator.score(G, cfg["eval"]["metrics"])]
+        finally:
+            set_rng_state(state)
+
+    return evaluate
+
+
 def train(cfg: dict[str, Any], run_dir: Path) -> Trainer:
     """Prepare data (reused when built), then train; returns the finished trainer."""
     t = cfg["train"]
@@ -134,6 +163,7 @@ def train(cfg: dict[str, Any], run_dir: Path) -> Trainer:
     logger = RunLogger(run_dir, mode=cfg["logger"]["mode"], project=cfg["logger"]["project"],
                        name=run_dir.name, config=cfg, tags=cfg["logger"]["tags"])
     trainer = build_trainer(cfg, data, run_dir, logger, device=device)
+    trainer.evaluate = build_evaluate_hook(cfg, prepared, device)
     resumed = resume(trainer, t["resume"], device)
     if resumed:
         log.info("resumed from %s at kimg %.1f", resumed, trainer.progress.cur_nimg / 1000)

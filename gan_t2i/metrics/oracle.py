@@ -221,10 +221,10 @@ def train_oracle(train: StoreSplit | LabeledImages, val: StoreSplit | LabeledIma
     images = np.array(train.images)  # [N, H, W, 3] uint8, read into memory once
     codes = encode_attributes(train.attributes)
     labels = torch.stack([codes[a] for a in ATTRIBUTES], dim=1)  # [N, A]
+    if len(images) == 0:
+        raise GanT2IError("the shapes oracle needs train images, got none")
+    batch_size = min(batch_size, len(images))  # tiny stores (tests, smoke runs) train too
     steps_per_epoch = len(images) // batch_size
-    if steps_per_epoch < 1:
-        raise GanT2IError(f"the shapes oracle needs at least batch_size={batch_size} train "
-                          f"images, got {len(images)}")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = OracleNet().to(memory_format=torch.channels_last)

@@ -180,3 +180,16 @@ def test_every_experiment_trains_two_steps(experiment, smoke_data_dir, tmp_path,
     assert [r["step"] for r in read_jsonl(tmp_path / "stats.jsonl")] == [1, 2]
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
     assert trainer.G.resolution == cfg["data"]["resolution"]
+
+
+def test_eval_during_training_logs_metrics_and_keeps_the_trajectory(smoke_data_dir, tmp_path):
+    base = ["train.eval_every_kimg=0.032", "eval.num_images=8", "eval.extractor=random_cnn",
+            "eval.metrics=[fid]", "eval.splits=[val]"]
+    with_eval, without = tmp_path / "a", tmp_path / "b"
+    ta = train(_cfg(smoke_data_dir, with_eval, *base), with_eval)
+    tb = train(_cfg(smoke_data_dir, without), without)
+    records = read_jsonl(with_eval / "metrics.jsonl")
+    assert [r["kimg"] for r in records] == [0.032, 0.064]
+    assert all(r["metric"] == "fid_random_cnn" and r["value"] >= 0 for r in records)
+    for pa, pb in zip(ta.G.parameters(), tb.G.parameters()):
+        assert torch.equal(pa, pb)  # evaluation drew nothing from the training RNG
