@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 EXPERIMENT ?= shapes_quick
 ARGS ?=
 
-.PHONY: help install data train test lint format eval compare sample clean
+.PHONY: help install data train test lint format bench eval compare sample clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ eval: $(STAMP) ## evaluate the newest run (RUN=... to pick one, ARGS='checkpoint
 
 compare: $(STAMP) ## compare all runs under outputs/runs (tables + plots in outputs/compare/)
 	$(PY) -m gan_t2i.compare 'runs=[outputs/runs/*]' $(ARGS)
+
+bench: $(STAMP) ## speed benchmark: training, sampling, text, data (table + outputs/bench/<time>/bench.json)
+	$(PY) -m gan_t2i.bench $(ARGS)
 
 test: $(STAMP) ## run the test suite (CPU, a few minutes)
 	WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)
