@@ -44,16 +44,11 @@ class EvalSplit:
 def eval_split(store: ImageStore, embeddings: Path, split: str, num: int) -> EvalSplit:
     """The first caption of each of the first `num` images of `split`."""
     s = store.split(split)
-    first: dict[int, int] = {}
-    for i, img in enumerate(s.caption_image.tolist()):
-        first.setdefault(img, i)
-        if len(first) >= num:
-            break
-    rows = np.array(list(first.values()), dtype=np.int64)
+    rows, images = s.first_captions(num)
     table = np.load(embeddings, mmap_mode="r")
     return EvalSplit(split, [s.captions[i] for i in rows],
                      torch.from_numpy(np.asarray(table[rows], dtype=np.float32)),
-                     np.asarray(s.images[np.array(list(first.keys()))]))
+                     np.asarray(s.images[images]))
 
 
 @torch.no_grad()

@@ -94,6 +94,15 @@ class StoreSplit:
         with open(self.folder / "images.json", encoding="utf-8") as f:
             return json.load(f)
 
+    def first_captions(self, num_images: int) -> tuple[np.ndarray, np.ndarray]:
+        """(caption rows, image rows) of the first caption of each of the first `num_images` images."""
+        first: dict[int, int] = {}
+        for i, img in enumerate(self.caption_image.tolist()):
+            first.setdefault(img, i)
+            if len(first) >= num_images:
+                break
+        return np.array(list(first.values()), dtype=np.int64), np.array(list(first), dtype=np.int64)
+
     def captions_of_image(self, image_index: int) -> list[int]:
         """Caption indices that describe one image."""
         return np.flatnonzero(self.caption_image == image_index).tolist()

@@ -53,12 +53,7 @@ def _sample_captions(store: ImageStore, embeddings: dict[str, Path], per_split: 
             continue
         s = store.split(split)
         table = np.load(embeddings[split], mmap_mode="r")
-        first = {}
-        for i, img in enumerate(s.caption_image.tolist()):
-            first.setdefault(img, i)
-            if len(first) >= per_split:
-                break
-        for i in first.values():
+        for i in s.first_captions(per_split)[0]:
             texts.append(s.captions[i])
             rows.append(np.asarray(table[i], dtype=np.float32))
     return texts, np.stack(rows) if rows else np.zeros((0, 1), np.float32)

@@ -168,3 +168,13 @@ def test_sampler_resume_and_shards():
     r0 = take(InfiniteSampler(7, seed=3, rank=0, world_size=2, start=4), 8)
     r1 = take(InfiniteSampler(7, seed=3, rank=1, world_size=2, start=4), 8)
     assert r0 == full[4:20:2] and r1 == full[5:21:2]
+
+
+def test_first_captions_one_per_image_in_order(fixture_store):
+    store, _ = fixture_store
+    split = store.split("train")
+    rows, images = split.first_captions(3)
+    assert images.tolist() == [0, 1, 2]
+    assert [split.caption_image[r] for r in rows] == [0, 1, 2]
+    assert all(split.captions[r].startswith("caption 0 of") for r in rows)
+    assert len(split.first_captions(100)[0]) == split.num_images
