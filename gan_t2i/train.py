@@ -70,6 +70,11 @@ def build_trainer(cfg: dict[str, Any], data: TrainData, run_dir: Path, logger: R
                   device: torch.device, rank: int = 0, world_size: int = 1) -> Trainer:
     """Networks, optimizers, loss and loop settings from a plain config dict."""
     t, res = cfg["train"], cfg["data"]["resolution"]
+    if cfg["generator"]["attention_resolutions"]:
+        # The module exists (networks/text.py) but the loop does not feed token embeddings yet;
+        # training with it configured would silently leave the attention unused.
+        raise GanT2IError("generator.attention_resolutions: cross-attention training needs token "
+                          "embeddings in the loop, which is not wired yet; leave it empty")
     G = build_generator(cfg["generator"], c_dim=data.c_dim, resolution=res)
     D = build_discriminator(cfg["discriminator"], c_dim=data.c_dim, resolution=res)
     mean = data.embedding_mean()

@@ -193,3 +193,9 @@ def test_eval_during_training_logs_metrics_and_keeps_the_trajectory(smoke_data_d
     assert all(r["metric"] == "fid_random_cnn" and r["value"] >= 0 for r in records)
     for pa, pb in zip(ta.G.parameters(), tb.G.parameters()):
         assert torch.equal(pa, pb)  # evaluation drew nothing from the training RNG
+
+
+def test_cross_attention_not_silently_ignored(smoke_data_dir, tmp_path):
+    cfg = _cfg(smoke_data_dir, tmp_path, "generator.attention_resolutions=[8]")
+    with pytest.raises(GanT2IError, match="attention_resolutions"):
+        _trainer(cfg, tmp_path)
