@@ -161,6 +161,8 @@ class EvalConfig:
     extractor: str = "auto"  # features for fid/kid/pr: auto (shapes_oracle on shapes,
     # inception otherwise) | shapes_oracle | inception | random_cnn
     inception_weights: str | None = None  # local TorchScript inception-2015-12-05.pt
+    clip_model: str = "openai/clip-vit-base-patch32"  # local folder or a name in the HF cache
+    r_precision_scorer: str = "auto"  # auto (shapes oracle on shapes, else clip) | oracle | clip
     truncation: float = 1.0
     seed: int = 0
     batch_size: int = 64

@@ -28,7 +28,6 @@ from gan_t2i.utils import GanT2IError, append_jsonl, atomic_path, resolve_device
 
 log = logging.getLogger(__name__)
 
-METRICS = ("shapes_alignment", "r_precision", "fid", "kid", "precision_recall")
 
 
 @dataclass
@@ -81,6 +80,7 @@ class Evaluator:
         self.splits = [eval_split(store, embeddings[s], s, eval_cfg["num_images"]) for s in splits]
         self._oracle = None
         self._extractor = None
+        self._clip = None
         self.skipped: set[str] = set()  # metrics that cannot run here (said once)
 
     @property
@@ -94,6 +94,15 @@ class Evaluator:
             self._oracle = load_or_train_oracle(self.store, self.cache_dir / "oracle",
                                                 progress=self.progress)
         return self._oracle
+
+    @property
+    def clip(self):
+        """The CLIP scorer (raises MetricUnavailable where no model can be loaded offline)."""
+        if self._clip is None:
+            from gan_t2i.metrics.clip import load_clip
+
+            self._clip = load_clip(self.cfg.get("clip_model"), device=self.device)
+        return self._clip
 
     def extractor(self):
         """The feature extractor for fid / kid / precision_recall."""
@@ -154,11 +163,27 @@ def _alignment(ev: Evaluator, split: EvalSplit, fakes: torch.Tensor) -> list[dic
 
 def _r_precision(ev: Evaluator, split: EvalSplit, fakes: torch.Tensor) -> list[dict]:
     from gan_t2i.metrics import shapes_r_precision
+    from gan_t2i.metrics.clip import clip_r_precision
 
     pool = [c for s in ev.splits for c in s.captions]
-    r = shapes_r_precision(ev.oracle, fakes, split.captions, caption_pool=pool,
-                           num_bootstrap=ev.cfg["num_bootstrap"], seed=ev.cfg["seed"])
-    return [{"metric": "r_precision", **r, "protocol": "shapes oracle scorer, 1 + 99 captions"}]
+    scorer = ev.cfg.get("r_precision_scorer", "auto")
+    if scorer == "auto":
+        scorer = "oracle" if ev.is_shapes else "clip"
+    kwargs = dict(caption_pool=pool, num_bootstrap=ev.cfg["num_bootstrap"], seed=ev.cfg["seed"])
+    if scorer == "oracle":
+        r = shapes_r_precision(ev.oracle, fakes, split.captions, **kwargs)
+    else:
+        r = clip_r_precision(ev.clip, fakes, split.captions, **kwargs)
+    return [{"metric": "r_precision", **r, "protocol": f"{scorer} scorer, 1 + 99 captions"}]
+
+
+def _clip_score(ev: Evaluator, split: EvalSplit, fakes: torch.Tensor) -> list[dict]:
+    from gan_t2i.metrics.clip import clip_score
+
+    r = clip_score(ev.clip, fakes, split.captions, num_bootstrap=ev.cfg["num_bootstrap"],
+                   seed=ev.cfg["seed"])
+    r.pop("chance", None)
+    return [{"metric": "clip_score", **r, "protocol": f"CLIP {ev.clip.name}, 100 * max(cos, 0)"}]
 
 
 def _feature_metrics(ev: Evaluator, split: EvalSplit, fakes: torch.Tensor, which: str
@@ -186,6 +211,7 @@ def _feature_metrics(ev: Evaluator, split: EvalSplit, fakes: torch.Tensor, which
 _METRIC_FNS: dict[str, Callable[[Evaluator, EvalSplit, torch.Tensor], list[dict]]] = {
     "shapes_alignment": _alignment,
     "r_precision": _r_precision,
+    "clip_score": _clip_score,
     "fid": lambda ev, s, f: _feature_metrics(ev, s, f, "fid"),
     "kid": lambda ev, s, f: _feature_metrics(ev, s, f, "kid"),
     "precision_recall": lambda ev, s, f: _feature_metrics(ev, s, f, "pr"),

@@ -99,3 +99,19 @@ def test_unavailable_inception_is_skipped_and_the_rest_goes_on(smoke_run, smoke_
     assert {r["metric"].split("/")[0] for r in records} == {"shapes_alignment"}
     skips = [r.getMessage() for r in caplog.records if "fid skipped" in r.getMessage()]
     assert len(skips) == 1 and "inception-2015-12-05.pt" in skips[0]
+
+
+def test_clip_metrics_run_with_a_local_model_and_skip_without(smoke_run, smoke_data_dir, tiny_clip_dir,
+                                                              caplog):
+    cfg = _eval_cfg(splits=["val"], clip_model=str(tiny_clip_dir), r_precision_scorer="clip")
+    records = evaluate_run(smoke_run, checkpoint="last", metrics=["clip_score", "r_precision"],
+                           eval_cfg=cfg, data_dir=str(smoke_data_dir), device=torch.device("cpu"),
+                           progress=False)
+    by_name = {r["metric"]: r for r in records}
+    assert 0 <= by_name["clip_score"]["value"] <= 100
+    assert by_name["r_precision"]["protocol"].startswith("clip scorer")
+    missing = _eval_cfg(splits=["val"], clip_model="nobody/no-such-clip")
+    records = evaluate_run(smoke_run, checkpoint="last", metrics=["clip_score", "fid"], eval_cfg=missing,
+                           data_dir=str(smoke_data_dir), device=torch.device("cpu"), progress=False)
+    assert [r["metric"] for r in records] == ["fid_random_cnn"]
+    assert sum("clip_score skipped" in r.getMessage() for r in caplog.records) == 1
