@@ -38,26 +38,35 @@ class EvalSplit:
     captions: list[str]
     embeddings: torch.Tensor  # [N, D] float32
     real: np.ndarray  # uint8 [N, H, W, 3]
+    tokens: tuple[torch.Tensor, torch.Tensor] | None = None  # [N, T, D], [N, T] (cross-attention)
 
 
-def eval_split(store: ImageStore, embeddings: Path, split: str, num: int) -> EvalSplit:
+def eval_split(store: ImageStore, embeddings: Path, split: str, num: int,
+               tokens: Path | None = None) -> EvalSplit:
     """The first caption of each of the first `num` images of `split`."""
+    from gan_t2i.training.data import TokenTable
+
     s = store.split(split)
     rows, images = s.first_captions(num)
     table = np.load(embeddings, mmap_mode="r")
     return EvalSplit(split, [s.captions[i] for i in rows],
                      torch.from_numpy(np.asarray(table[rows], dtype=np.float32)),
-                     np.asarray(s.images[images]))
+                     np.asarray(s.images[images]),
+                     TokenTable.load(tokens)(torch.from_numpy(rows)) if tokens else None)
 
 
 @torch.no_grad()
-def generate(G: Generator, c: torch.Tensor, *, seed: int, psi: float, batch_size: int
-             ) -> torch.Tensor:
+def generate(G: Generator, c: torch.Tensor, *, seed: int, psi: float, batch_size: int,
+             tokens: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One image per caption embedding, z from a fixed seed: float [N, 3, R, R] on the CPU."""
     device = next(G.parameters()).device
     z = torch.randn(len(c), G.z_dim, generator=torch.Generator().manual_seed(seed))
-    out = [G(z[i:i + batch_size].to(device), c[i:i + batch_size].to(device), psi=psi,
-             noise_mode="const").float().cpu() for i in range(0, len(c), batch_size)]
+    out = []
+    for i in range(0, len(c), batch_size):
+        part = slice(i, i + batch_size)
+        tok = tuple(t[part].to(device) for t in tokens) if tokens is not None else None
+        out.append(G(z[part].to(device), c[part].to(device), psi=psi, noise_mode="const",
+                     tokens=tok).float().cpu())
     return torch.cat(out)
 
 
@@ -70,14 +79,16 @@ class Evaluator:
     """Scores generators against one dataset; holds the oracle and cached real features."""
 
     def __init__(self, store: ImageStore, embeddings: dict[str, Path], eval_cfg: dict[str, Any],
-                 *, cache_dir: Path, device: torch.device, progress: bool = False):
+                 *, cache_dir: Path, device: torch.device, progress: bool = False,
+                 tokens: dict[str, Path] | None = None):
         self.store, self.cfg, self.device = store, eval_cfg, device
         self.cache_dir, self.progress = cache_dir, progress
         self.is_shapes = store.meta.get("settings", {}).get("name") == "shapes"
         splits = eval_splits(store, embeddings, eval_cfg["splits"])
         if not splits:
             raise GanT2IError(f"none of eval.splits {eval_cfg['splits']} is in {store.folder}")
-        self.splits = [eval_split(store, embeddings[s], s, eval_cfg["num_images"]) for s in splits]
+        self.splits = [eval_split(store, embeddings[s], s, eval_cfg["num_images"],
+                                  tokens[s] if tokens else None) for s in splits]
         self._oracle = None
         self._extractor = None
         self._clip = None
@@ -137,7 +148,7 @@ class Evaluator:
         """All requested metrics on every split; one record per number."""
         records = []
         for split in self.splits:
-            fakes = generate(G, split.embeddings, seed=self.cfg["seed"],
+            fakes = generate(G, split.embeddings, seed=self.cfg["seed"], tokens=split.tokens,
                              psi=self.cfg["truncation"], batch_size=self.cfg["batch_size"])
             for name in metrics:
                 if name in self.skipped:
@@ -279,9 +290,10 @@ def evaluate_run(run: Path, *, checkpoint: str, metrics: list[str], eval_cfg: di
 
             cfg = load_checkpoint(path)["config"]
             prepared = prepare(cfg["data"], cfg["text"], data_dir, progress=progress)
+            attention = any(block.attention is not None for block in G.blocks)
             evaluator = Evaluator(prepared.store, prepared.embeddings, eval_cfg,
                                   cache_dir=Path(data_dir) / "eval", device=device,
-                                  progress=progress)
+                                  progress=progress, tokens=prepared.tokens if attention else None)
         records = [{"kimg": source["kimg"], **r, "checkpoint": str(path), "seed": eval_cfg["seed"],
                     "truncation": eval_cfg["truncation"], "time": time.time()}
                    for r in evaluator.score(G, metrics)]

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from gan_t2i.cli import task
 from gan_t2i.config import to_plain
 from gan_t2i.data import ImageStore, prepare_store
-from gan_t2i.utils import resolve_device
+from gan_t2i.utils import GanT2IError, atomic_path, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class Prepared:
     embedding_dim: int
     encoded: int
     built_store: bool
+    tokens: dict[str, Path]  # per split, with text.tokens=true (else empty)
 
 
 def aligned_embeddings_path(cache_folder: Path, store: ImageStore, split: str) -> Path:
@@ -59,9 +62,38 @@ def prepare_embeddings(store: ImageStore, text: dict[str, Any], data_dir: Path, 
         path = aligned_embeddings_path(cache.path, store, split)
         if not path.is_file() or encoded:
             write_aligned(cache, store.split(split).captions, path)
+        if cache.tokens and (not tokens_path(path).is_file() or encoded):
+            write_aligned_tokens(cache, store.split(split).captions, tokens_path(path))
         paths[split] = path
         dim = cache.dim
     return paths, encoded, dim
+
+
+def tokens_path(aligned: Path) -> Path:
+    """Token embeddings beside a split's aligned pooled embeddings."""
+    return aligned.with_suffix(".tokens.npz")
+
+
+def write_aligned_tokens(cache: Any, captions: list[str], path: Path) -> None:
+    """Token embeddings of a split's distinct captions plus, per caption, its row among them.
+
+    npz with `tokens` float16 [U, T, D], `mask` bool [U, T], `rows` int32 [M]: captions repeat
+    (shapes: 2,400 distinct among 100,000), so this is far smaller than one row per caption.
+    """
+    unique, rows = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
+    tokens, mask = cache.lookup_tokens([str(c) for c in unique])
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, tokens=tokens, mask=mask, rows=rows.astype(np.int32))
+
+
+def load_aligned_tokens(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens float16 [U, T, D], mask bool [U, T], rows int64 [M]) written by `write_aligned_tokens`."""
+    if not path.is_file():
+        raise GanT2IError(f"no token embeddings at {path}: prepare with text.tokens=true")
+    with np.load(path) as z:
+        return (torch.from_numpy(z["tokens"]), torch.from_numpy(z["mask"]),
+                torch.from_numpy(z["rows"].astype(np.int64)))
 
 
 def prepare(data: dict[str, Any], text: dict[str, Any], data_dir: str | Path, *,
@@ -70,8 +102,9 @@ def prepare(data: dict[str, Any], text: dict[str, Any], data_dir: str | Path, *,
     data_dir = Path(data_dir)
     store, built = prepare_store(data, data_dir, progress=progress)
     embeddings, encoded, dim = prepare_embeddings(store, text, data_dir, progress=progress)
+    tokens = {s: tokens_path(p) for s, p in embeddings.items()} if text.get("tokens") else {}
     return Prepared(store=store, embeddings=embeddings, embedding_dim=dim, encoded=encoded,
-                    built_store=built)
+                    built_store=built, tokens=tokens)
 
 
 def summary(prepared: Prepared, seconds: float) -> str:

@@ -247,6 +247,9 @@ def load_sampler(*, run: str | Path | None = None, checkpoint: str | Path | None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise GanT2IError(f"device={device}: CUDA is not available; use device=cpu")
     G, source = load_generator(run=run, checkpoint=checkpoint, device=resolved)
+    if any(block.attention is not None for block in G.blocks):
+        raise GanT2IError("this generator uses cross-attention to caption tokens, which sampling "
+                          "does not feed yet; use python -m gan_t2i.evaluate for its numbers")
     model = text_model or source["text_model"]
     if encoder is None:
         encoder = load_text_encoder(model, max_length=source["text_max_length"], device=resolved)

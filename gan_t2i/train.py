@@ -70,11 +70,9 @@ def build_trainer(cfg: dict[str, Any], data: TrainData, run_dir: Path, logger: R
                   device: torch.device, rank: int = 0, world_size: int = 1) -> Trainer:
     """Networks, optimizers, loss and loop settings from a plain config dict."""
     t, res = cfg["train"], cfg["data"]["resolution"]
-    if cfg["generator"]["attention_resolutions"]:
-        # The module exists (networks/text.py) but the loop does not feed token embeddings yet;
-        # training with it configured would silently leave the attention unused.
-        raise GanT2IError("generator.attention_resolutions: cross-attention training needs token "
-                          "embeddings in the loop, which is not wired yet; leave it empty")
+    if cfg["generator"]["attention_resolutions"] and data.token_table is None:
+        raise GanT2IError("generator.attention_resolutions needs token embeddings: "
+                          "set text.tokens=true")
     G = build_generator(cfg["generator"], c_dim=data.c_dim, resolution=res)
     D = build_discriminator(cfg["discriminator"], c_dim=data.c_dim, resolution=res)
     mean = data.embedding_mean()
@@ -137,9 +135,10 @@ def build_evaluate_hook(cfg: dict[str, Any], prepared: Any, device: torch.device
                     "no evaluation during training (set data.val_annotations for coco)",
                     cfg["eval"]["splits"])
         return None
+    attention = bool(cfg["generator"]["attention_resolutions"])
     evaluator = Evaluator(prepared.store, prepared.embeddings, cfg["eval"],
                           cache_dir=Path(cfg["paths"]["data_dir"]) / "eval", device=device,
-                          progress=cfg["progress"])
+                          progress=cfg["progress"], tokens=prepared.tokens if attention else None)
 
     def evaluate(G: Generator, nimg: int) -> list[dict]:
         state = rng_state()  # evaluation (and a first oracle training) must not shift training
@@ -162,8 +161,10 @@ def train(cfg: dict[str, Any], run_dir: Path) -> Trainer:
     device = resolve_device(t["device"])
     prepared = prepare(cfg["data"], cfg["text"], cfg["paths"]["data_dir"],
                        progress=cfg["progress"])
+    attention = bool(cfg["generator"]["attention_resolutions"])
     data = load_train_data(prepared.store, prepared.embeddings, xflip=cfg["data"]["xflip"],
-                           sample_captions=t["sample_captions"])
+                           sample_captions=t["sample_captions"],
+                           tokens=prepared.tokens if attention else None)
     seed_everything(t["seed"])
     logger = RunLogger(run_dir, mode=cfg["logger"]["mode"], project=cfg["logger"]["project"],
                        name=run_dir.name, config=cfg, tags=cfg["logger"]["tags"])

@@ -11,6 +11,29 @@ from torch.utils.data import DataLoader
 
 from gan_t2i.data import ImageCaptionDataset, ImageStore, InfiniteSampler, collate
 
+Tokens = tuple[torch.Tensor, torch.Tensor]  # (token embeddings [B, T, D] float32, mask [B, T] bool)
+
+
+@dataclass
+class TokenTable:
+    """Token embeddings of a split's distinct captions and each caption's row among them."""
+
+    tokens: torch.Tensor  # [U, T, D] float16
+    mask: torch.Tensor  # [U, T] bool
+    rows: torch.Tensor  # [M] int64: caption index -> row
+
+    @classmethod
+    def load(cls, path: Path) -> TokenTable:
+        """Read what prepare wrote with text.tokens=true."""
+        from gan_t2i.prepare import load_aligned_tokens
+
+        return cls(*load_aligned_tokens(path))
+
+    def __call__(self, captions: torch.Tensor) -> Tokens:
+        """Tokens of caption indices [B]."""
+        rows = self.rows[captions]
+        return self.tokens[rows].float(), self.mask[rows]
+
 
 @dataclass
 class TrainData:
@@ -21,6 +44,8 @@ class TrainData:
     caption_image: torch.Tensor  # [M] int64, the image each caption describes
     sample_texts: list[str]
     sample_embeddings: torch.Tensor  # [K, D] float32
+    token_table: TokenTable | None = None  # train split, when the generator uses cross-attention
+    sample_tokens: Tokens | None = None  # [K, T, D], [K, T]
 
     @property
     def c_dim(self) -> int:
@@ -30,6 +55,10 @@ class TrainData:
     def embedding_mean(self) -> torch.Tensor:
         """Mean caption embedding of the train split [D] (for centring)."""
         return self.embeddings.float().mean(0)
+
+    def tokens(self, captions: torch.Tensor) -> Tokens | None:
+        """Token embeddings of a batch's caption indices, or None without a token table."""
+        return self.token_table(captions) if self.token_table is not None else None
 
     def loader(self, *, batch_size: int, seed: int, start: int, rank: int = 0,
                world_size: int = 1, workers: int = 0, pin_memory: bool = False) -> DataLoader:
@@ -44,32 +73,40 @@ class TrainData:
                           persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
 
-def _sample_captions(store: ImageStore, embeddings: dict[str, Path], per_split: int
-                     ) -> tuple[list[str], np.ndarray]:
+def _sample_captions(store: ImageStore, embeddings: dict[str, Path], per_split: int,
+                     tokens: dict[str, Path] | None) -> tuple[list[str], np.ndarray, Tokens | None]:
     """First caption of the first `per_split` images of each evaluation split."""
-    texts, rows = [], []
+    texts, rows, tok, mask = [], [], [], []
     for split in ("val", "val_heldout"):
         if split not in store.splits or split not in embeddings:
             continue
         s = store.split(split)
         table = np.load(embeddings[split], mmap_mode="r")
-        for i in s.first_captions(per_split)[0]:
-            texts.append(s.captions[i])
-            rows.append(np.asarray(table[i], dtype=np.float32))
-    return texts, np.stack(rows) if rows else np.zeros((0, 1), np.float32)
+        picked = s.first_captions(per_split)[0]
+        texts += [s.captions[i] for i in picked]
+        rows += [np.asarray(table[i], dtype=np.float32) for i in picked]
+        if tokens:
+            t, m = TokenTable.load(tokens[split])(torch.from_numpy(picked))
+            tok.append(t)
+            mask.append(m)
+    sample_tokens = (torch.cat(tok), torch.cat(mask)) if tok else None
+    return texts, (np.stack(rows) if rows else np.zeros((0, 1), np.float32)), sample_tokens
 
 
 def load_train_data(store: ImageStore, embeddings: dict[str, Path], *, xflip: bool = False,
-                    sample_captions: int = 6) -> TrainData:
-    """Open the train split and load its embeddings into memory (float16)."""
+                    sample_captions: int = 6, tokens: dict[str, Path] | None = None) -> TrainData:
+    """Open the train split and load its embeddings (and token embeddings) into memory."""
     split = store.split("train")
     table = torch.from_numpy(np.load(embeddings["train"]))  # [M, D] float16
     if table.shape[0] != split.num_captions:
         raise ValueError(f"embeddings have {table.shape[0]} rows for {split.num_captions} captions")
-    texts, sample = _sample_captions(store, embeddings, sample_captions)
+    token_table = TokenTable.load(tokens["train"]) if tokens else None
+    texts, sample, sample_tokens = _sample_captions(store, embeddings, sample_captions, tokens)
     if not texts:  # no evaluation split: use train captions
         texts = split.captions[:sample_captions]
         sample = table[: len(texts)].float().numpy()
+        sample_tokens = token_table(torch.arange(len(texts))) if token_table else None
     return TrainData(dataset=ImageCaptionDataset(split, xflip=xflip), embeddings=table,
                      caption_image=torch.from_numpy(split.caption_image.copy()),
-                     sample_texts=texts, sample_embeddings=torch.from_numpy(sample))
+                     sample_texts=texts, sample_embeddings=torch.from_numpy(sample),
+                     token_table=token_table, sample_tokens=sample_tokens)

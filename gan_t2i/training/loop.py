@@ -34,7 +34,7 @@ from gan_t2i.training.checkpoint import (
     set_rng_state,
     snapshot_name,
 )
-from gan_t2i.training.data import TrainData
+from gan_t2i.training.data import Tokens, TrainData
 from gan_t2i.training.ema import ema_beta, update_ema
 from gan_t2i.training.loss import GANLoss
 from gan_t2i.utils import GanT2IError
@@ -147,13 +147,16 @@ class Trainer:
 
     # --- one iteration -------------------------------------------------------------------
     def _batch(self, batch: tuple[torch.Tensor, torch.Tensor]
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Tokens | None]:
         images, captions = batch
         real = images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
         if self.s.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         c = self.data.embeddings[captions].to(self.device, non_blocking=True).float()
-        return real, c, self.data.caption_image[captions].to(self.device)
+        tokens = self.data.tokens(captions)
+        if tokens is not None:
+            tokens = (tokens[0].to(self.device), tokens[1].to(self.device))
+        return real, c, self.data.caption_image[captions].to(self.device), tokens
 
     def _finite(self, loss: torch.Tensor, module: nn.Module) -> bool:
         grads = [p.grad for p in module.parameters() if p.grad is not None]
@@ -166,9 +169,9 @@ class Trainer:
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """One iteration (D then G); returns stats, or None if it was skipped as non-finite."""
-        real, c, image_index = self._batch(batch)
+        real, c, image_index, tokens = self._batch(batch)
         z = torch.randn(real.shape[0], self.G.z_dim, device=self.device)
-        fakes = self.loss.generate(z, c)
+        fakes = self.loss.generate(z, c, tokens)
         do_r1 = self.s.r1_interval > 0 and self.progress.step % self.s.r1_interval == 0
         self.opt_D.zero_grad(set_to_none=True)
         loss_D, stats = self.loss.d_phase(fakes, real, c, image_index, do_r1=do_r1)
@@ -273,10 +276,14 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self) -> Path:
         """Fixed captions x fixed z from G_ema, written to samples/grid-<kimg>.png."""
-        G, z = self.G_ema, self.sample_z.to(self.device)
+        G, z, n = self.G_ema, self.sample_z.to(self.device), self.sample_z.shape[0]
         rows = []
-        for c in self.data.sample_embeddings.to(self.device):
-            images = G(z, c.expand(z.shape[0], -1), noise_mode="const")
+        for k, c in enumerate(self.data.sample_embeddings.to(self.device)):
+            tokens = None
+            if self.data.sample_tokens is not None:  # caption k's tokens, once per z
+                tokens = tuple(t[k:k + 1].expand(n, *t.shape[1:]).to(self.device)
+                               for t in self.data.sample_tokens)
+            images = G(z, c.expand(n, -1), noise_mode="const", tokens=tokens)
             rows.append(to_uint8(images))
         scale = max(1, 64 // G.resolution)
         grid = caption_grid(rows, self.data.sample_texts, scale=scale)

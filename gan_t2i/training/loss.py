@@ -75,11 +75,12 @@ class GANLoss:
     def _d_out(self, images: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.D(self.augment(images), c).float()
 
-    def generate(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Fakes [B, 3, R, R] for captions c; the graph stays for `g_phase`."""
+    def generate(self, z: torch.Tensor, c: torch.Tensor,
+                 tokens: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Fakes [B, 3, R, R] for captions c (and their tokens); the graph stays for `g_phase`."""
         requires_grad(self.G, True)
         with self._autocast(z.device):
-            return self.G(z, c, style_mixing=self.s.style_mixing, update_w_avg=True)
+            return self.G(z, c, style_mixing=self.s.style_mixing, update_w_avg=True, tokens=tokens)
 
     def d_phase(self, fakes: torch.Tensor, real: torch.Tensor, c: torch.Tensor,
                 image_index: torch.Tensor, *, do_r1: bool) -> tuple[torch.Tensor, dict]:
