@@ -23,7 +23,10 @@ def test_every_group_option_composes(group, option):
     assert cfg.data.resolution >= 8
     if group == "experiment":
         assert cfg.name == option
-    elif group not in ("hydra",):
+    elif group == "conditioning":  # ablation presets set D and loss keys globally
+        assert cfg.discriminator.projection == (option != "no_text_d")
+        assert (cfg.loss.mismatch_weight > 0) == (option == "projection_matching")
+    else:
         assert group in cfg
 
 

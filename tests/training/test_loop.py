@@ -51,18 +51,6 @@ def test_smoke_run_writes_the_run_folder(smoke_data_dir, tmp_path):
         assert key in stats[-1], key
     assert any("r1_penalty" in r for r in stats)
     assert (run / "checkpoints" / "last.pt").is_file()
-    # evaluate feeds the tokens too; sampling says clearly that it does not yet
-    from gan_t2i.evaluate import evaluate_run
-    from gan_t2i.sample import load_sampler
-
-    eval_cfg = {"metrics": ["fid"], "num_images": 4, "splits": ["val"], "extractor": "random_cnn",
-                "inception_weights": None, "truncation": 1.0, "seed": 0, "batch_size": 4,
-                "kid_subset_size": 4, "num_bootstrap": 10}
-    records = evaluate_run(run, checkpoint="last", metrics=["fid"], eval_cfg=eval_cfg,
-                           data_dir=str(smoke_data_dir), device=torch.device("cpu"), progress=False)
-    assert records and records[0]["metric"] == "fid_random_cnn"
-    with pytest.raises(GanT2IError, match="cross-attention"):
-        load_sampler(run=run, device="cpu")
     assert [p.name for p in list_snapshots(run / "checkpoints")] == [
         "snapshot-000000.032kimg.pt", "snapshot-000000.064kimg.pt"]
     grids = sorted((run / "samples").glob("grid-*.png"))
@@ -218,3 +206,15 @@ def test_cross_attention_trains_on_token_embeddings(smoke_data_dir, tmp_path):
     tokens = trainer.data.sample_tokens
     assert tokens[0].shape[:2] == tokens[1].shape == (len(trainer.data.sample_texts), 16)
     assert (run / "checkpoints" / "last.pt").is_file()
+    # evaluate feeds the tokens too; sampling says clearly that it does not yet
+    from gan_t2i.evaluate import evaluate_run
+    from gan_t2i.sample import load_sampler
+
+    eval_cfg = {"metrics": ["fid"], "num_images": 4, "splits": ["val"], "extractor": "random_cnn",
+                "inception_weights": None, "truncation": 1.0, "seed": 0, "batch_size": 4,
+                "kid_subset_size": 4, "num_bootstrap": 10}
+    records = evaluate_run(run, checkpoint="last", metrics=["fid"], eval_cfg=eval_cfg,
+                           data_dir=str(smoke_data_dir), device=torch.device("cpu"), progress=False)
+    assert records and records[0]["metric"] == "fid_random_cnn"
+    with pytest.raises(GanT2IError, match="cross-attention"):
+        load_sampler(run=run, device="cpu")
