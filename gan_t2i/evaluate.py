@@ -250,7 +250,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
 
 def select_checkpoints(run: Path, which: str) -> list[Path]:
     """`last`, `all`, a kimg number, or a path, resolved to checkpoint files."""
-    from gan_t2i.training.checkpoint import list_snapshots
+    from gan_t2i.training.checkpoint import list_snapshots, snapshot_kimg
 
     folder = run / "checkpoints"
     if Path(which).suffix == ".pt":
@@ -266,7 +266,7 @@ def select_checkpoints(run: Path, which: str) -> list[Path]:
         kimg = float(which)
     except ValueError:
         raise GanT2IError(f"checkpoint must be last, all, a kimg or a .pt path, got '{which}'") from None
-    match = [p for p in snaps if abs(float(p.name.split("-")[1][:-7]) - kimg) < 1e-6]
+    match = [p for p in snaps if abs(snapshot_kimg(p) - kimg) < 1e-6]
     if not match:
         raise GanT2IError(f"no snapshot at {kimg} kimg in {folder}")
     return match

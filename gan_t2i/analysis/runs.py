@@ -41,9 +41,9 @@ class Run:
     @property
     def snapshots(self) -> dict[float, Path]:
         """Snapshot files by their kimg."""
-        from gan_t2i.training.checkpoint import SNAPSHOT_RE
+        from gan_t2i.training.checkpoint import snapshot_kimg
 
-        return {float(m.group(1)): p for p in self.checkpoints if (m := SNAPSHOT_RE.search(p.name))}
+        return {kimg: p for p in self.checkpoints if (kimg := snapshot_kimg(p)) is not None}
 
     def checkpoint_at(self, kimg: float, recorded: str | None = None) -> Path | None:
         """The checkpoint file that holds the state at `kimg`, if one is still on disk.

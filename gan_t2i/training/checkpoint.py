@@ -101,11 +101,16 @@ def snapshot_name(cur_nimg: int) -> str:
     return f"snapshot-{cur_nimg / 1000:010.3f}kimg.pt"
 
 
+def snapshot_kimg(path: PathLike) -> float | None:
+    """The kimg in a snapshot's file name, or None for any other file (last.pt, ...)."""
+    m = SNAPSHOT_RE.search(Path(path).name)
+    return float(m.group(1)) if m else None
+
+
 def list_snapshots(folder: PathLike) -> list[Path]:
     """Snapshots in a checkpoints folder, oldest first."""
-    folder = Path(folder)
-    found = [(float(m.group(1)), p) for p in folder.glob("snapshot-*kimg.pt")
-             if (m := SNAPSHOT_RE.search(p.name))]
+    found = [(kimg, p) for p in Path(folder).glob("snapshot-*kimg.pt")
+             if (kimg := snapshot_kimg(p)) is not None]
     return [p for _, p in sorted(found)]
 
 
