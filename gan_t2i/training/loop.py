@@ -167,6 +167,17 @@ class Trainer:
     def _hook(self, name: str, loss: torch.Tensor) -> torch.Tensor:
         return self.fault(name, loss) if self.fault is not None else loss
 
+    def _optimize(self, name: str, loss: torch.Tensor, module: nn.Module,
+                  opt: torch.optim.Optimizer) -> bool:
+        """Backward and optimizer step, unless loss or gradients are non-finite (then False)."""
+        loss = self._hook(name, loss)
+        loss.backward()
+        if not self._finite(loss, module):
+            opt.zero_grad(set_to_none=True)
+            return False
+        opt.step()
+        return True
+
     def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """One iteration (D then G); returns stats, or None if it was skipped as non-finite."""
         real, c, image_index, tokens = self._batch(batch)
@@ -175,20 +186,12 @@ class Trainer:
         do_r1 = self.s.r1_interval > 0 and self.progress.step % self.s.r1_interval == 0
         self.opt_D.zero_grad(set_to_none=True)
         loss_D, stats = self.loss.d_phase(fakes, real, c, image_index, do_r1=do_r1)
-        loss_D = self._hook("D", loss_D)
-        loss_D.backward()
-        if not self._finite(loss_D, self.D):
-            self.opt_D.zero_grad(set_to_none=True)
+        if not self._optimize("D", loss_D, self.D, self.opt_D):
             return None
-        self.opt_D.step()
         self.opt_G.zero_grad(set_to_none=True)
         loss_G, stats_G = self.loss.g_phase(fakes, c)
-        loss_G = self._hook("G", loss_G)
-        loss_G.backward()
-        if not self._finite(loss_G, self.G):
-            self.opt_G.zero_grad(set_to_none=True)
+        if not self._optimize("G", loss_G, self.G, self.opt_G):
             return None
-        self.opt_G.step()
         return {**stats, **stats_G}
 
     def _after_step(self, batch_size: int) -> None:
