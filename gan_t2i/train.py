@@ -20,6 +20,7 @@ from gan_t2i.config import to_plain
 from gan_t2i.logger import RunLogger
 from gan_t2i.networks import Discriminator, Generator
 from gan_t2i.prepare import prepare
+from gan_t2i.training import distributed
 from gan_t2i.training.augment import DiffAugment
 from gan_t2i.training.checkpoint import load_checkpoint, load_latest, rng_state, set_rng_state
 from gan_t2i.training.data import TrainData, load_train_data
@@ -152,31 +153,53 @@ def build_evaluate_hook(cfg: dict[str, Any], prepared: Any, device: torch.device
 
 
 def train(cfg: dict[str, Any], run_dir: Path) -> Trainer:
-    """Prepare data (reused when built), then train; returns the finished trainer."""
+    """Prepare data (reused when built), then train; returns the finished trainer.
+
+    Under `torchrun` every process trains its slice of each global batch; rank 0 prepares the
+    data first and alone writes the run folder (which it chooses for all ranks).
+    """
     t = cfg["train"]
     if t["num_threads"] > 0:
         torch.set_num_threads(t["num_threads"])
     if t["batch_size"] <= 0:
         raise GanT2IError("train.batch_size must be positive")
-    device = resolve_device(t["device"])
-    prepared = prepare(cfg["data"], cfg["text"], cfg["paths"]["data_dir"],
-                       progress=cfg["progress"])
-    attention = bool(cfg["generator"]["attention_resolutions"])
-    data = load_train_data(prepared.store, prepared.embeddings, xflip=cfg["data"]["xflip"],
-                           sample_captions=t["sample_captions"],
-                           tokens=prepared.tokens if attention else None)
-    seed_everything(t["seed"])
-    logger = RunLogger(run_dir, mode=cfg["logger"]["mode"], project=cfg["logger"]["project"],
-                       name=run_dir.name, config=cfg, tags=cfg["logger"]["tags"])
-    trainer = build_trainer(cfg, data, run_dir, logger, device=device)
-    trainer.evaluate = build_evaluate_hook(cfg, prepared, device)
-    resumed = resume(trainer, t["resume"], device)
-    if resumed:
-        log.info("resumed from %s at kimg %.1f", resumed, trainer.progress.cur_nimg / 1000)
+    env = distributed.env_from_launcher()
+    if t["batch_size"] % env.world_size:
+        raise GanT2IError(f"train.batch_size={t['batch_size']} does not split over "
+                          f"{env.world_size} processes")
+    device = distributed.init(env, resolve_device(t["device"]))
+    distributed.quiet_other_ranks(env)
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))
     try:
-        trainer.run()
-    finally:
-        logger.close()
+        if env.rank > 0:
+            distributed.barrier()  # rank 0 builds the store and the embeddings first
+        prepared = prepare(cfg["data"], cfg["text"], cfg["paths"]["data_dir"],
+                           progress=cfg["progress"] and env.rank == 0)
+        if env.rank == 0:
+            distributed.barrier()
+        attention = bool(cfg["generator"]["attention_resolutions"])
+        data = load_train_data(prepared.store, prepared.embeddings, xflip=cfg["data"]["xflip"],
+                               sample_captions=t["sample_captions"],
+                               tokens=prepared.tokens if attention else None)
+        seed_everything(t["seed"])  # the same on every rank: see gan_t2i.shard
+        logger = RunLogger(run_dir, mode=cfg["logger"]["mode"], project=cfg["logger"]["project"],
+                           name=run_dir.name, config=cfg, tags=cfg["logger"]["tags"],
+                           enabled=env.rank == 0)
+        trainer = build_trainer(cfg, data, run_dir, logger, device=device, rank=env.rank,
+                                world_size=env.world_size)
+        trainer.evaluate = build_evaluate_hook(cfg, prepared, device) if env.rank == 0 else None
+        resumed = resume(trainer, t["resume"], device)
+        if resumed:
+            log.info("resumed from %s at kimg %.1f", resumed, trainer.progress.cur_nimg / 1000)
+        try:
+            trainer.run()
+        finally:
+            logger.close()
+        distributed.shutdown()
+    except BaseException:
+        if env.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # do not leave the others waiting forever
+        raise
     return trainer
 
 
@@ -197,7 +220,8 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     run_dir = Path(cfg.paths.output_dir)
     trainer = train(to_plain(cfg), run_dir)
-    print(report(trainer))
+    if trainer.rank == 0:
+        print(report(trainer))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gan_t2i.data.dataset import ImageCaptionDataset, InfiniteSampler, collate
+from gan_t2i.data.dataset import ImageCaptionDataset, InfiniteSampler, RankSlice, collate
 from gan_t2i.data.store import ImageStore, SplitSource, StoreSplit, build_store, is_complete
 from gan_t2i.utils import GanT2IError, stable_hash
 
@@ -16,6 +16,7 @@ __all__ = [
     "ImageCaptionDataset",
     "ImageStore",
     "InfiniteSampler",
+    "RankSlice",
     "SplitSource",
     "StoreSplit",
     "collate",

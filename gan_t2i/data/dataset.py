@@ -46,6 +46,35 @@ class ImageCaptionDataset(Dataset):
         return [(images[i], int(caption[i])) for i in range(len(rows))]
 
 
+    def caption_indices(self, indices: Sequence[int]) -> np.ndarray:
+        """The caption index of each item [len(indices)] (items N..2N-1 are mirrored copies)."""
+        return self._decode_index(np.asarray(indices, dtype=np.int64))[0]
+
+
+class RankSlice(Dataset):
+    """Fetches whole global batches for one data-parallel rank.
+
+    `__getitems__(global batch)` returns `(images uint8 [b, 3, H, W] of this rank's contiguous
+    slice, caption indices int64 [B] of the whole batch)`: images are read only where they are
+    trained on, and every rank knows the global batch's captions (for the matching-aware term).
+    """
+
+    def __init__(self, dataset: ImageCaptionDataset, *, rank: int = 0, world_size: int = 1):
+        self.dataset, self.rank, self.world_size = dataset, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        b, rest = divmod(len(indices), self.world_size)
+        if rest:
+            raise ValueError(f"global batch of {len(indices)} does not split over "
+                             f"{self.world_size} ranks")
+        mine = list(indices[self.rank * b:(self.rank + 1) * b])
+        images, _ = collate(self.dataset.__getitems__(mine))
+        return images, torch.from_numpy(self.dataset.caption_indices(indices))
+
+
 def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack items into `(images uint8 [B, 3, H, W], caption indices int64 [B])`."""
     images = torch.stack([item[0] for item in batch])

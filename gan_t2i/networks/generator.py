@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from gan_t2i import shard
 from gan_t2i.networks.layers import (
     EqualLinear,
     lrelu,
@@ -77,7 +78,7 @@ class SynthesisLayer(nn.Module):
         x = modulated_conv2d(x, self.weight * self.weight_gain, styles, grouped=self.grouped)
         if noise_mode == "random":
             b, _, h, w = x.shape
-            x = x + torch.randn(b, 1, h, w, device=x.device, dtype=x.dtype) * self.noise_strength
+            x = x + shard.randn(b, 1, h, w, device=x.device, dtype=x.dtype) * self.noise_strength
         elif noise_mode == "const":
             x = x + (self.noise_const * self.noise_strength).to(x.dtype)
         return lrelu(x + self.bias.to(x.dtype).reshape(1, -1, 1, 1))
@@ -218,8 +219,8 @@ class Generator(nn.Module):
                     ) -> torch.Tensor:
         """Style mixing regularisation: from a random layer on, use the w of another z."""
         b = ws.shape[0]
-        cutoff = torch.randint(1, self.num_ws, (b, 1), device=ws.device)
-        cutoff = torch.where(torch.rand(b, 1, device=ws.device) < prob, cutoff, self.num_ws)
-        w2 = self.map(torch.randn_like(z), c)
+        cutoff = shard.randint(1, self.num_ws, b, 1, device=ws.device)
+        cutoff = torch.where(shard.rand(b, 1, device=ws.device) < prob, cutoff, self.num_ws)
+        w2 = self.map(shard.randn(b, z.shape[1], device=z.device, dtype=z.dtype), c)
         layer = torch.arange(self.num_ws, device=ws.device).unsqueeze(0)  # [1, num_ws]
         return torch.where((layer >= cutoff).unsqueeze(-1), w2.unsqueeze(1), ws)

@@ -113,16 +113,20 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_channels: int = 1) -> torch.Tensor:
-    """Append the standard deviation across groups of samples as extra feature maps."""
+    """Append the standard deviation across groups of samples as extra feature maps.
+
+    A group is `group_size` consecutive samples, so a batch split into contiguous per-rank
+    slices (each a multiple of the group) forms the same groups as the whole batch.
+    """
     b, c, h, w = x.shape
     g = min(group_size, b)
     while b % g:  # a group must divide the batch
         g -= 1
     f = num_channels
     y = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least, never less
-    y = y.reshape(g, -1, f, c // f, h, w)  # [G, n, F, c, H, W]
-    y = y - y.mean(dim=0)
-    y = (y.square().mean(dim=0) + 1e-8).sqrt()  # [n, F, c, H, W]
+    y = y.reshape(-1, g, f, c // f, h, w)  # [n, G, F, c, H, W]
+    y = y - y.mean(dim=1, keepdim=True)
+    y = (y.square().mean(dim=1) + 1e-8).sqrt()  # [n, F, c, H, W]
     y = y.mean(dim=[2, 3, 4])  # [n, F]
-    y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w).to(x.dtype)  # [B, F, H, W]
+    y = y.repeat_interleave(g, dim=0).reshape(b, f, 1, 1).expand(b, f, h, w).to(x.dtype)
     return torch.cat([x, y], dim=1)

@@ -2,7 +2,8 @@
 
 Real and fake images go through the same policy, so D cannot tell them apart by augmentation,
 and gradients flow through to G. Randomness comes from torch's global generator, whose state
-the checkpoints save, so a resumed run draws the same augmentations.
+the checkpoints save, so a resumed run draws the same augmentations; draws go through
+`gan_t2i.shard`, so a sample gets the same augmentation on any number of ranks.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from gan_t2i import shard
+
 POLICIES = ("color", "translation", "cutout")
 
 
 def _rand(x: torch.Tensor, *shape: int) -> torch.Tensor:
-    return torch.rand(x.shape[0], *shape, device=x.device, dtype=x.dtype)
+    return shard.rand(x.shape[0], *shape, device=x.device, dtype=x.dtype)
 
 
 def color(x: torch.Tensor) -> torch.Tensor:
@@ -32,8 +35,8 @@ def translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     """Random integer shift of up to `ratio` of the side, zero padding."""
     b, _, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    ty = torch.randint(-sh, sh + 1, (b, 1, 1), device=x.device)
-    tx = torch.randint(-sw, sw + 1, (b, 1, 1), device=x.device)
+    ty = shard.randint(-sh, sh + 1, b, 1, 1, device=x.device)
+    tx = shard.randint(-sw, sw + 1, b, 1, 1, device=x.device)
     gy = (torch.arange(h, device=x.device).view(1, h, 1) + ty + 1).clamp(0, h + 1)  # [B, H, 1]
     gx = (torch.arange(w, device=x.device).view(1, 1, w) + tx + 1).clamp(0, w + 1)  # [B, 1, W]
     padded = F.pad(x, [1, 1, 1, 1])  # out-of-range indices land on the zero border
@@ -45,8 +48,8 @@ def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     """Zero a random square of `ratio` of the side per image."""
     b, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    oy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=x.device) - ch // 2
-    ox = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=x.device) - cw // 2
+    oy = shard.randint(0, h + (1 - ch % 2), b, 1, 1, device=x.device) - ch // 2
+    ox = shard.randint(0, w + (1 - cw % 2), b, 1, 1, device=x.device) - cw // 2
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (ys >= oy) & (ys < oy + ch) & (xs >= ox) & (xs < ox + cw)  # [B, H, W]

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 
-from gan_t2i.data import ImageCaptionDataset, ImageStore, InfiniteSampler, collate
+from gan_t2i.data import ImageCaptionDataset, ImageStore, InfiniteSampler, RankSlice
+from gan_t2i.utils import GanT2IError
 
 Tokens = tuple[torch.Tensor, torch.Tensor]  # (token embeddings [B, T, D] float32, mask [B, T] bool)
 
@@ -62,15 +63,28 @@ class TrainData:
 
     def loader(self, *, batch_size: int, seed: int, start: int, rank: int = 0,
                world_size: int = 1, workers: int = 0, pin_memory: bool = False) -> DataLoader:
-        """Endless batches `(uint8 images [b, 3, H, W], caption idx [b])` from item `start` on."""
-        sampler = InfiniteSampler(len(self.dataset), seed=seed, rank=rank,
-                                  world_size=world_size, start=start)
+        """Endless global batches of `batch_size` items from item `start` on, as seen by `rank`.
+
+        Yields `(uint8 images [b, 3, H, W], caption idx [batch_size])`: the images of this
+        rank's contiguous slice (b = batch_size / world_size) and the whole batch's captions.
+        The item stream depends only on the seed, so any world size trains on the same batches.
+        """
+        if batch_size % world_size:
+            raise GanT2IError(f"train.batch_size={batch_size} does not split over "
+                              f"{world_size} processes")
+        sampler = BatchSampler(InfiniteSampler(len(self.dataset), seed=seed, start=start),
+                               batch_size=batch_size, drop_last=False)
         # Its own generator: creating the iterator must not draw from the global torch RNG,
         # or a resumed run (which creates it again) would drift from the uninterrupted one.
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(self.dataset, batch_size=batch_size, sampler=sampler, generator=generator,
-                          collate_fn=collate, num_workers=workers, pin_memory=pin_memory,
+        return DataLoader(RankSlice(self.dataset, rank=rank, world_size=world_size),
+                          batch_sampler=sampler, generator=generator, collate_fn=_as_is,
+                          num_workers=workers, pin_memory=pin_memory,
                           persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+
+
+def _as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # RankSlice already returns the batch's tensors
 
 
 def _sample_captions(store: ImageStore, embeddings: dict[str, Path], per_split: int,

@@ -21,8 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gan_t2i import shard
 from gan_t2i.logger import RunLogger
 from gan_t2i.networks import Discriminator, Generator
+from gan_t2i.training import distributed
 from gan_t2i.training.checkpoint import (
     all_finite,
     code_version,
@@ -36,7 +38,7 @@ from gan_t2i.training.checkpoint import (
 )
 from gan_t2i.training.data import Tokens, TrainData
 from gan_t2i.training.ema import ema_beta, update_ema
-from gan_t2i.training.loss import GANLoss
+from gan_t2i.training.loss import GANLoss, mismatched
 from gan_t2i.utils import GanT2IError
 from gan_t2i.viz import caption_grid, to_uint8
 
@@ -148,15 +150,19 @@ class Trainer:
     # --- one iteration -------------------------------------------------------------------
     def _batch(self, batch: tuple[torch.Tensor, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Tokens | None]:
-        images, captions = batch
+        """This rank's reals, captions, mismatched captions (chosen over the global batch), tokens."""
+        images, captions = batch  # images of this rank's slice, captions of the global batch
+        b = images.shape[0]
         real = images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
         if self.s.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        c = self.data.embeddings[captions].to(self.device, non_blocking=True).float()
-        tokens = self.data.tokens(captions)
+        c_all = self.data.embeddings[captions].to(self.device, non_blocking=True).float()
+        c_mis = c_all[mismatched(self.data.caption_image[captions])]
+        mine = slice(self.rank * b, (self.rank + 1) * b)
+        tokens = self.data.tokens(captions[mine])
         if tokens is not None:
             tokens = (tokens[0].to(self.device), tokens[1].to(self.device))
-        return real, c, self.data.caption_image[captions].to(self.device), tokens
+        return real, c_all[mine], c_mis[mine], tokens
 
     def _finite(self, loss: torch.Tensor, module: nn.Module) -> bool:
         grads = [p.grad for p in module.parameters() if p.grad is not None]
@@ -169,9 +175,14 @@ class Trainer:
 
     def _optimize(self, name: str, loss: torch.Tensor, module: nn.Module,
                   opt: torch.optim.Optimizer) -> bool:
-        """Backward and optimizer step, unless loss or gradients are non-finite (then False)."""
+        """Backward and optimizer step, unless loss or gradients are non-finite (then False).
+
+        With several ranks, gradients and loss are averaged first, so all ranks decide alike.
+        """
         loss = self._hook(name, loss)
         loss.backward()
+        if self.world_size > 1:
+            loss = distributed.average_gradients(module, loss)
         if not self._finite(loss, module):
             opt.zero_grad(set_to_none=True)
             return False
@@ -180,18 +191,19 @@ class Trainer:
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """One iteration (D then G); returns stats, or None if it was skipped as non-finite."""
-        real, c, image_index, tokens = self._batch(batch)
-        z = torch.randn(real.shape[0], self.G.z_dim, device=self.device)
-        fakes = self.loss.generate(z, c, tokens)
-        do_r1 = self.s.r1_interval > 0 and self.progress.step % self.s.r1_interval == 0
-        self.opt_D.zero_grad(set_to_none=True)
-        loss_D, stats = self.loss.d_phase(fakes, real, c, image_index, do_r1=do_r1)
-        if not self._optimize("D", loss_D, self.D, self.opt_D):
-            return None
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_G, stats_G = self.loss.g_phase(fakes, c)
-        if not self._optimize("G", loss_G, self.G, self.opt_G):
-            return None
+        real, c, c_mis, tokens = self._batch(batch)
+        with shard.batch_shard(self.rank, self.world_size):  # per-sample draws of the global batch
+            z = shard.randn(real.shape[0], self.G.z_dim, device=self.device)
+            fakes = self.loss.generate(z, c, tokens)
+            do_r1 = self.s.r1_interval > 0 and self.progress.step % self.s.r1_interval == 0
+            self.opt_D.zero_grad(set_to_none=True)
+            loss_D, stats = self.loss.d_phase(fakes, real, c, c_mis, do_r1=do_r1)
+            if not self._optimize("D", loss_D, self.D, self.opt_D):
+                return None
+            self.opt_G.zero_grad(set_to_none=True)
+            loss_G, stats_G = self.loss.g_phase(fakes, c)
+            if not self._optimize("G", loss_G, self.G, self.opt_G):
+                return None
         return {**stats, **stats_G}
 
     def _after_step(self, batch_size: int) -> None:
@@ -207,7 +219,7 @@ class Trainer:
         """Train until `total_kimg`; ticks, snapshots and evaluations on their schedules."""
         s, p = self.s, self.progress
         total_nimg = int(s.total_kimg * 1000)
-        batches = iter(self.data.loader(batch_size=s.batch_size // self.world_size, seed=s.seed,
+        batches = iter(self.data.loader(batch_size=s.batch_size, seed=s.seed,
                                         start=p.cur_nimg, rank=self.rank,
                                         world_size=self.world_size, workers=s.workers,
                                         pin_memory=self.device.type == "cuda"))
@@ -232,7 +244,7 @@ class Trainer:
                 if done or p.cur_nimg - p.last_tick_nimg >= s.tick_kimg * 1000:
                     self._tick(tick)
                     tick = _TickStats()
-                if s.eval_every_kimg > 0 and self.evaluate is not None and (
+                if s.eval_every_kimg > 0 and (  # every rank: the buffers are averaged first
                         done or p.cur_nimg - p.last_eval_nimg >= s.eval_every_kimg * 1000):
                     self._evaluate()
                 if done or p.cur_nimg - p.last_snapshot_nimg >= s.snapshot_kimg * 1000:
@@ -259,8 +271,9 @@ class Trainer:
     def _tick(self, tick: _TickStats) -> None:
         p = self.progress
         elapsed = max(time.perf_counter() - tick.start, 1e-9)
+        means = distributed.average_scalars(tick.means(), self.device)  # the only sync: at ticks
         record = {"kimg": round(p.cur_nimg / 1000, 3), "nimg": p.cur_nimg, "step": p.step,
-                  **{k: round(v, 5) for k, v in tick.means().items()},
+                  **{k: round(v, 5) for k, v in means.items()},
                   "img_per_s": round(tick.nimg / elapsed, 2),
                   "sec_per_kimg": round(elapsed / max(tick.nimg, 1) * 1000, 3),
                   "data_wait_frac": round(tick.data_wait / elapsed, 4),
@@ -272,6 +285,7 @@ class Trainer:
 
     def _evaluate(self) -> None:
         self.progress.last_eval_nimg = self.progress.cur_nimg
+        distributed.average_float_buffers(self.G, self.G_ema)
         if self.rank == 0 and self.evaluate is not None:
             for record in self.evaluate(self.G_ema, self.progress.cur_nimg):
                 self.logger.metric(record)
@@ -301,6 +315,7 @@ class Trainer:
         """Sample grid, then the checkpoint (last: it must capture the state after the grid)."""
         p = self.progress
         p.last_snapshot_nimg = p.cur_nimg
+        distributed.average_float_buffers(self.G, self.G_ema)  # every rank: the running mean of w
         if self.rank != 0:
             return
         grid = self.sample_grid()

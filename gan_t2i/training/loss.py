@@ -83,8 +83,12 @@ class GANLoss:
             return self.G(z, c, style_mixing=self.s.style_mixing, update_w_avg=True, tokens=tokens)
 
     def d_phase(self, fakes: torch.Tensor, real: torch.Tensor, c: torch.Tensor,
-                image_index: torch.Tensor, *, do_r1: bool) -> tuple[torch.Tensor, dict]:
-        """D main (+ lazy R1 when `do_r1`); returns (loss, stats). The caller runs backward."""
+                c_mismatch: torch.Tensor, *, do_r1: bool) -> tuple[torch.Tensor, dict]:
+        """D main (+ lazy R1 when `do_r1`); returns (loss, stats). The caller runs backward.
+
+        `c_mismatch` [B, D]: for each real image, the embedding of a caption of another image
+        (`mismatched` picks them; the loop picks over the global batch).
+        """
         requires_grad(self.D, True)
         dev = real.device
         with self._autocast(dev):
@@ -95,7 +99,7 @@ class GANLoss:
             real_logits = self.D.score(phi, c).float()
             mis_logits = None
             if self.s.mismatch_weight > 0 and self.D.projection:
-                mis_logits = self.D.score(phi, c[mismatched(image_index)]).float()
+                mis_logits = self.D.score(phi, c_mismatch).float()
         loss = self._d_loss(real_logits, fake_logits, mis_logits)
         stats = {"loss_D": loss.detach(), "D_real": real_logits.detach().mean(),
                  "D_fake": fake_logits.detach().mean()}

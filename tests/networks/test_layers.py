@@ -198,11 +198,19 @@ def test_minibatch_stddev_value_matches_definition():
     torch.manual_seed(0)
     x = torch.randn(8, 6, 4, 4)
     y = minibatch_stddev(x, group_size=4)[:, 6]  # [B, H, W]
-    # Sample i is in group i % (B / G) (StyleGAN's layout); each group shares one value.
+    # A group is G consecutive samples; each group shares one value.
     for n in range(2):
-        members = x[n::2]  # [G, C, H, W]
+        members = x[4 * n:4 * n + 4]  # [G, C, H, W]
         std = members.var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
-        torch.testing.assert_close(y[n::2], std.expand(4, 4, 4))
+        torch.testing.assert_close(y[4 * n:4 * n + 4], std.expand(4, 4, 4))
+
+
+def test_minibatch_stddev_of_contiguous_slices_equals_the_whole_batch():
+    torch.manual_seed(0)
+    x = torch.randn(16, 6, 4, 4)
+    whole = minibatch_stddev(x, group_size=4)
+    halves = torch.cat([minibatch_stddev(x[:8], group_size=4), minibatch_stddev(x[8:], group_size=4)])
+    torch.testing.assert_close(halves, whole, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("batch,group", [(6, 3), (2, 2), (5, 1), (3, 3), (7, 1)])
@@ -212,12 +220,11 @@ def test_minibatch_stddev_with_batch_not_divisible_by_group(batch, group):
     y = minibatch_stddev(x, group_size=4)
     assert y.shape == (batch, 5, 3, 3)
     assert torch.isfinite(y).all()
-    n = batch // group
-    for i in range(n):
-        members = x[i::n]
+    for i in range(batch // group):
+        members = x[i * group:(i + 1) * group]
         assert members.shape[0] == group
         std = members.var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
-        torch.testing.assert_close(y[i::n, 4], std.expand(group, 3, 3))
+        torch.testing.assert_close(y[i * group:(i + 1) * group, 4], std.expand(group, 3, 3))
 
 
 def test_minibatch_stddev_keeps_float64_precision_and_low_precision_dtypes():
@@ -226,8 +233,8 @@ def test_minibatch_stddev_keeps_float64_precision_and_low_precision_dtypes():
     y = minibatch_stddev(x, group_size=2)
     assert y.dtype == torch.float64
     for n in range(2):
-        std = x[n::2].var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
-        torch.testing.assert_close(y[n::2, 6], std.expand(2, 3, 3), rtol=1e-12, atol=0)
+        std = x[2 * n:2 * n + 2].var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
+        torch.testing.assert_close(y[2 * n:2 * n + 2, 6], std.expand(2, 3, 3), rtol=1e-12, atol=0)
     low = minibatch_stddev(x.bfloat16(), group_size=2)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low[:, 6].double(), y[:, 6], rtol=1e-2, atol=0)

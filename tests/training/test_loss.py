@@ -152,8 +152,8 @@ def test_d_phase_r1_adds_exactly_the_scaled_penalty():
     z, c, real, idx = batch()
     with torch.no_grad():
         fakes = loss.G(z, c, noise_mode="const")
-    plain, plain_stats = loss.d_phase(fakes, real, c, idx, do_r1=False)
-    with_r1, stats = loss.d_phase(fakes, real, c, idx, do_r1=True)
+    plain, plain_stats = loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=False)
+    with_r1, stats = loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=True)
     assert "r1_penalty" not in plain_stats
     assert set(stats) == {"loss_D", "D_real", "D_fake", "D_mismatch", "r1_penalty"}
     # The penalty, independently: gradient of D's real logits w.r.t. the real images.
@@ -180,7 +180,7 @@ def test_d_phase_stats_match_the_logits():
     idx = torch.tensor([0, 0, 1, 1])
     with torch.no_grad():
         fakes = loss.G(z, c, noise_mode="const")
-        value, stats = loss.d_phase(fakes, real, c, idx, do_r1=False)
+        value, stats = loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=False)
         real_logits = loss.D(real, c)
         fake_logits = loss.D(fakes, c)
         mis_logits = loss.D(real, c[mismatched(idx)])
@@ -195,7 +195,7 @@ def test_mismatch_weight_zero_or_no_projection_drops_the_term():
     for loss in (make_loss(mismatch_weight=0.0), make_loss(d_kw={"projection": False})):
         with torch.no_grad():
             fakes = loss.G(z, c, noise_mode="const")
-            value, stats = loss.d_phase(fakes, real, c, idx, do_r1=False)
+            value, stats = loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=False)
             expected = loss._d_loss(loss.D(real, c), loss.D(fakes, c), None)
         assert "D_mismatch" not in stats
         torch.testing.assert_close(value, expected)
@@ -205,7 +205,7 @@ def test_d_phase_does_not_backprop_into_g():
     loss = make_loss()
     z, c, real, idx = batch()
     fakes = loss.generate(z, c)
-    value, _ = loss.d_phase(fakes, real, c, idx, do_r1=False)
+    value, _ = loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=False)
     value.backward()
     assert all(p.grad is None for p in loss.G.parameters())
     assert all(p.grad is not None for p in loss.D.parameters())
@@ -293,7 +293,7 @@ def test_one_full_iteration_reaches_g_and_d():
     fakes = loss.generate(z, c)
     assert fakes.shape == real.shape and fakes.requires_grad
     assert (G.mapping.w_avg - w_avg).abs().max() > 0  # generate tracks the mean w
-    d_loss, d_stats = loss.d_phase(fakes, real, c, idx, do_r1=True)
+    d_loss, d_stats = loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=True)
     d_loss.backward()
     for name, p in D.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -312,5 +312,5 @@ def test_one_full_iteration_reaches_g_and_d():
     assert G.mapping.layers[0].weight.grad.abs().sum() > 0
 
     # The next d_phase switches D's gradients back on.
-    loss.d_phase(fakes, real, c, idx, do_r1=False)
+    loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=False)
     assert all(p.requires_grad for p in D.parameters())
