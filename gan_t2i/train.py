@@ -163,6 +163,7 @@ def train(cfg: dict[str, Any], run_dir: Path) -> Trainer:
         torch.set_num_threads(t["num_threads"])
     if t["batch_size"] <= 0:
         raise GanT2IError("train.batch_size must be positive")
+    distributed.adopt_submitit_env()
     env = distributed.env_from_launcher()
     if t["batch_size"] % env.world_size:
         raise GanT2IError(f"train.batch_size={t['batch_size']} does not split over "

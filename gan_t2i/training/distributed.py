@@ -1,4 +1,4 @@
-"""Data-parallel training under `torchrun` (nccl on GPU, gloo on CPU), with plain collectives.
+"""Data-parallel training under `torchrun` or submitit (nccl on GPU, gloo on CPU).
 
 Gradients are averaged with one all-reduce of a flat buffer per phase (as StyleGAN3 does)
 instead of DDP wrappers: the lazy R1 term's double backward, the skipped non-finite steps and
@@ -38,6 +38,18 @@ class DistEnv:
     def enabled(self) -> bool:
         """True under a launcher with more than one process."""
         return self.world_size > 1
+
+
+def adopt_submitit_env() -> None:
+    """Inside a submitit job (SLURM, or submitit's local executor) with several tasks, export
+    torch's env:// variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) from the job."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    job = TorchDistributedEnvironment()
+    if job.world_size > 1:  # each rank keeps every GPU visible and picks cuda:<local rank>
+        job.export(set_cuda_visible_devices=False)
 
 
 def env_from_launcher(environ: dict[str, str] | None = None) -> DistEnv:

@@ -82,10 +82,14 @@ def _cmd(data_dir: Path, run: Path, nproc: int) -> list[str]:
     if nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={nproc}", "-m", "gan_t2i.train"]
+    return [*launcher, *_overrides(data_dir), f"hydra.run.dir={run}"]
+
+
+def _overrides(data_dir: Path) -> list[str]:
     # DiffAugment and style mixing on: every kind of per-sample draw is exercised.
-    return [*launcher, "experiment=smoke", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}",
-            "progress=false", "train.total_kimg=0.192", "train.snapshot_kimg=0.016",
-            "augment=diffaug", "loss.style_mixing=0.9"]
+    return ["experiment=smoke", f"paths.data_dir={data_dir}", "progress=false",
+            "train.total_kimg=0.192", "train.snapshot_kimg=0.016", "augment=diffaug",
+            "loss.style_mixing=0.9"]
 
 
 def _env() -> dict[str, str]:
@@ -102,6 +106,21 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["cur_nimg"] == 192
     return {f"{net}.{k}": v for net in ("G", "D", "G_ema") for k, v in state[net].items()}
+
+
+def test_slurm_preset_composes_with_the_submitit_launcher():
+    from hydra import compose, initialize_config_dir
+
+    import gan_t2i.config  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
+                                 "hydra.launcher.tasks_per_node=4", "experiment=coco64"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.timeout_min) == (4, 4, 1440)
+    assert launcher.max_num_timeout > 0  # a timed-out job is requeued and resumes
 
 
 def _children(pid: int) -> list[int]:
@@ -135,6 +154,17 @@ def test_two_gloo_ranks_train_like_one_process_and_resume_after_a_kill(smoke_dat
     # One log, one set of checkpoints and grids: only rank 0 writes.
     stats = read_jsonl(two / "stats.jsonl")
     assert [r["nimg"] for r in stats][-1] == 192 and len(stats) == len(read_jsonl(one / "stats.jsonl"))
+
+    # The cluster path: a Hydra sweep through submitit (its local executor), 2 tasks in one job.
+    sweep = tmp_path / "sweep"
+    _run([sys.executable, "-m", "gan_t2i.train", "-m", "hydra/launcher=submitit_local",
+          "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}",
+          *_overrides(smoke_data_dir)])
+    (job,) = [d for d in sweep.iterdir() if (d / "checkpoints").is_dir()]
+    s = _weights(job)
+    for k in a:
+        torch.testing.assert_close(s[k], a[k], rtol=0, atol=1e-5 * max(1.0, float(a[k].abs().max())),
+                                   msg=k)
 
     # Kill the launcher and both ranks mid-run, then run the same command again.
     proc = subprocess.Popen(_cmd(smoke_data_dir, killed, 2), cwd=ROOT, env=_env(),
