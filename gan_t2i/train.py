@@ -57,12 +57,44 @@ def build_optimizer(module: torch.nn.Module, *, lr: float, betas: list[float],
     return torch.optim.Adam(module.parameters(), lr=lr, betas=tuple(betas), eps=1e-8, fused=fused)
 
 
-def _maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+class CompiledOrEager:
+    """`torch.compile(module)` that falls back to the eager module if its first call fails.
+
+    torch.compile is lazy: a missing compiler or an unsupported op shows up at the first call,
+    not when wrapping. Other attributes (D's `features` and `score`, which lazy R1's double
+    backward runs, and which compiled graphs do not support) go to the eager module.
+    """
+
+    def __init__(self, module: torch.nn.Module, compiled: Callable[..., Any] | None = None):
+        self.module = module
+        self.compiled = compiled if compiled is not None else torch.compile(module)
+        self.checked = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is None:
+            return self.module(*args, **kwargs)
+        if self.checked:
+            return self.compiled(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
+            log.warning("torch.compile failed on the first call (%s); running eager",
+                        str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            self.compiled = None
+            return self.module(*args, **kwargs)
+        self.checked = True
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+
+def _maybe_compile(module: torch.nn.Module, enabled: bool) -> Any:
     if not enabled:
         return module
     try:
-        return torch.compile(module)
-    except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
+        return CompiledOrEager(module)
+    except Exception as e:  # noqa: BLE001
         log.warning("torch.compile unavailable (%s); running eager", str(e).splitlines()[0])
         return module
 

@@ -218,3 +218,36 @@ def test_cross_attention_trains_on_token_embeddings(smoke_data_dir, tmp_path):
     assert records and records[0]["metric"] == "fid_random_cnn"
     with pytest.raises(GanT2IError, match="cross-attention"):
         load_sampler(run=run, device="cpu")
+
+
+def test_compile_falls_back_to_eager_when_the_first_call_fails(caplog):
+    from gan_t2i.train import CompiledOrEager
+
+    module = torch.nn.Linear(3, 2)
+    calls = {"compiled": 0}
+
+    def broken(*args, **kwargs):
+        calls["compiled"] += 1
+        raise RuntimeError("InductorError: no working C++ compiler\nlong trace")
+
+    wrapped = CompiledOrEager(module, compiled=broken)
+    x = torch.randn(4, 3)
+    with caplog.at_level(logging.WARNING):
+        out = wrapped(x)
+    torch.testing.assert_close(out, module(x))
+    assert any("torch.compile failed on the first call (InductorError: no working C++ compiler)"
+               in r.getMessage() for r in caplog.records)
+    wrapped(x)
+    assert calls["compiled"] == 1  # not retried
+    assert wrapped.weight is module.weight  # attributes are the eager module's
+
+
+def test_compiled_module_is_used_once_it_works():
+    from gan_t2i.train import CompiledOrEager
+
+    module = torch.nn.Linear(3, 2)
+    seen = []
+    wrapped = CompiledOrEager(module, compiled=lambda x: seen.append(x) or module(x) * 0)
+    x = torch.randn(2, 3)
+    assert torch.equal(wrapped(x), torch.zeros(2, 2)) and torch.equal(wrapped(x), torch.zeros(2, 2))
+    assert len(seen) == 2
