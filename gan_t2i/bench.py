@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from gan_t2i.utils import atomic_write_json, configure_cpu, cpu_has_native_bf16, resolve_device
 
@@ -257,6 +259,49 @@ def _timed_step(trainer: Any, batches: Iterator, *, r1: bool, batch_size: int) -
     trainer._after_step(batch_size)
 
 
+class _FlopCount(TorchDispatchMode):
+    """Adds up torch's FLOP formulas (convolutions, matmuls) of every op that runs.
+
+    torch's FlopCounterMode also tracks modules with hooks that break under the
+    `autograd.grad(create_graph=True)` of lazy R1; this counts totals only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def step_flops(trainer: Any, batches: Iterator, *, r1: bool, batch_size: int) -> float:
+    """Convolution and matmul FLOPs (forward and backward) of one untimed iteration."""
+    with _FlopCount() as counter:
+        _timed_step(trainer, batches, r1=r1, batch_size=batch_size)
+    return float(counter.total)
+
+
+def conv_peak(device: torch.device, *, channels: int = 128, resolution: int = 32,
+              batch_size: int = 32, repeats: int = 5) -> dict[str, Any]:
+    """GFLOP/s of one dense 3x3 convolution forward (channels_last, float32): what the
+    convolution library reaches on this device at the bench config's widest layer."""
+    x = torch.randn(batch_size, channels, resolution, resolution, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3, device=device).contiguous(
+        memory_format=torch.channels_last)
+    flops = 2 * channels * channels * 9 * resolution * resolution * batch_size
+    with torch.no_grad():
+        t = time_median(lambda: torch.nn.functional.conv2d(x, w, padding=1), repeats=repeats,
+                        warmup=2, device=device)
+    return {"what": f"3x3 conv {channels}->{channels} ch, {resolution} px, batch {batch_size}, "
+                    "forward", "gflop_per_s": flops / t / 1e9}
+
+
 def build_bench_trainer(case: TrainCase, s: BenchSettings, device: torch.device,
                         run_dir: Path) -> Any:
     """`build_trainer` for one case, composed from its experiment, on synthetic data."""
@@ -288,12 +333,16 @@ def bench_train_case(case: TrainCase, s: BenchSettings, device: torch.device,
     t_plain, t_r1 = times["plain"], times.get("r1", times["plain"])
     # The loop's mean iteration: R1 on one step in `interval`.
     t_step = ((interval - 1) * t_plain + t_r1) / interval if interval > 0 else t_plain
+    flops = {kind: step_flops(trainer, batches, r1=kind == "r1", batch_size=bs) for kind in times}
+    f_plain, f_r1 = flops["plain"], flops.get("r1", flops["plain"])
+    f_step = ((interval - 1) * f_plain + f_r1) / interval if interval > 0 else f_plain
     return {
         "experiment": case.experiment, "resolution": case.resolution, "batch_size": bs,
         "memory_format": "channels_last" if case.channels_last else "NCHW",
         "precision": "bf16" if case.bf16 else "fp32", "r1_interval": interval,
         "ms_step_plain": t_plain * 1e3, "ms_step_r1": t_r1 * 1e3,
         "img_per_s": bs / t_step, "peak_mem_mb": peak_memory_mb(device),
+        "gflop_per_img": f_step / bs / 1e9, "gflop_per_s": f_step / t_step / 1e9,
         "g_params": param_count(trainer.G), "d_params": param_count(trainer.D),
     }
 
@@ -329,7 +378,8 @@ def bench_training(s: BenchSettings, device: torch.device) -> dict[str, Any]:
             rows.append(bench_train_case(case, s, device, Path(tmp)))
     memory = ("CUDA allocator peak" if device.type == "cuda"
               else "process max RSS, reset before each case")
-    return {"rows": rows, "speedups": speedups(rows), "peak_mem": memory}
+    return {"rows": rows, "speedups": speedups(rows), "peak_mem": memory,
+            "conv_peak": conv_peak(device, repeats=max(s.repeats, 2))}
 
 
 # --- sampling --------------------------------------------------------------------------------
@@ -451,6 +501,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
                  ("batch_size", "batch", "d"), ("memory_format", "format", "s"),
                  ("precision", "prec", "s"), ("img_per_s", "img/s", ".1f"),
                  ("ms_step_plain", "ms/step", ".0f"), ("ms_step_r1", "ms/R1 step", ".0f"),
+                 ("gflop_per_img", "GFLOP/img", ".2f"), ("gflop_per_s", "GFLOP/s", ".1f"),
                  ("peak_mem_mb", "peak MiB", ".0f"), ("g_params", "G params", ","),
                  ("d_params", "D params", ",")],
     "speedups": [("what", "speed-up", "s"), ("experiment", "experiment", "s"),
@@ -492,6 +543,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", f"== {name} ==", format_rows(section["rows"], COLUMNS[name])]
         if section.get("speedups"):
             lines += ["", format_rows(section["speedups"], COLUMNS["speedups"])]
+        if section.get("conv_peak"):
+            peak = section["conv_peak"]
+            lines += ["", f"convolution library: {peak['gflop_per_s']:.1f} GFLOP/s on one "
+                          f"{peak['what']} (GFLOP counts convolutions and matmuls only)"]
     return "\n".join(lines)
 
 

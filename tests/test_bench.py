@@ -70,7 +70,14 @@ def test_training_rows(quick_run):
         ms_step = r["batch_size"] / r["img_per_s"] * 1e3
         lo, hi = sorted((r["ms_step_plain"], r["ms_step_r1"]))
         assert lo * 0.999 <= ms_step <= hi * 1.001
+        # FLOPs: the same network and step whatever the memory format; rate = work / time.
+        assert _positive(r["gflop_per_img"])
+        assert r["gflop_per_s"] == pytest.approx(r["gflop_per_img"] * r["img_per_s"])
     assert rows[0]["g_params"] == rows[1]["g_params"]  # the memory format changes no weights
+    assert rows[0]["gflop_per_img"] == pytest.approx(rows[1]["gflop_per_img"])
+    peak = training["conv_peak"]
+    assert _positive(peak["gflop_per_s"]) and peak["what"].startswith("3x3 conv 128->128")
+    assert "convolution library:" in quick_run[2]
     assert training["peak_mem"].startswith("process max RSS")
     (speedup,) = training["speedups"]
     assert speedup["what"].startswith("channels_last") and _positive(speedup["speedup"])
