@@ -190,6 +190,56 @@ class Sampler:
     encoder: SentenceEncoder
     source: dict[str, Any]  # provenance of the model side (checkpoint, hash, kimg, text model...)
 
+    @property
+    def max_tokens(self) -> int | None:
+        """Token embeddings per prompt for a cross-attention generator (None: pooled only)."""
+        return self.G.max_tokens if isinstance(self.G, TokenConditioned) else None
+
+
+class TokenConditioned:
+    """A cross-attention generator behind the pooled-only interface the drawing code uses.
+
+    Caption rows are packed as `[pooled (D) | token embeddings (T x D) | mask (T)]`, so every
+    function that repeats, slices or batches caption rows carries the tokens along unchanged;
+    `map` reads the pooled part and `synthesis` unpacks the tokens for the attention layers.
+    """
+
+    def __init__(self, G: Generator, max_tokens: int):
+        self.G, self.max_tokens = G, max_tokens
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.G, name)
+
+    def pack(self, pooled: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[P, D], [P, T, D], [P, T] -> packed rows [P, D + T*D + T]."""
+        return torch.cat([pooled, tokens.flatten(1), mask.to(pooled.dtype)], dim=1)
+
+    def unpack(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Packed rows -> (pooled [N, D], tokens [N, T, D], mask [N, T] bool)."""
+        d, t = self.G.c_dim, self.max_tokens
+        tokens = c[:, d:d + t * d].reshape(c.shape[0], t, d)
+        return c[:, :d], tokens, c[:, d + t * d:] > 0.5
+
+    def map(self, z: torch.Tensor, c: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.G.map(z, c[:, :self.G.c_dim], **kwargs)
+
+    def caption_mean_w(self, c: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.G.caption_mean_w(c[:, :self.G.c_dim], **kwargs)
+
+    def synthesis(self, ws: torch.Tensor, c: torch.Tensor, *, noise_mode: str = "random"
+                  ) -> torch.Tensor:
+        pooled, tokens, mask = self.unpack(c)
+        return self.G.synthesis(ws, pooled, noise_mode=noise_mode, tokens=(tokens, mask))
+
+    def lerp_caption(self, a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+        """Pooled embeddings as `lerp_caption`; tokens position by position (the attention
+        normalises each token, so a padded zero only fades its partner); masks united."""
+        if t in (0.0, 1.0):
+            return a if t == 0.0 else b
+        (pa, ta, ma), (pb, tb, mb) = self.unpack(a[None]), self.unpack(b[None])
+        return self.pack(lerp_caption(pa[0], pb[0], t)[None], torch.lerp(ta, tb, t),
+                         ma | mb)[0]
+
 
 def find_checkpoint(run: str | Path | None, checkpoint: str | Path | None
                     ) -> tuple[dict[str, Any], Path]:
@@ -229,7 +279,8 @@ def load_generator(*, run: str | Path | None = None, checkpoint: str | Path | No
                                           memory_format=torch.channels_last)
     source = {"checkpoint": str(path.resolve()), "checkpoint_hash": file_hash(path),
               "kimg": kimg_of(state), "code_version": state.get("code_version"),
-              "text_model": cfg["text"]["model"], "text_max_length": cfg["text"].get("max_length")}
+              "text_model": cfg["text"]["model"], "text_max_length": cfg["text"].get("max_length"),
+              "text_max_tokens": cfg["text"].get("max_tokens", 32)}
     return G, source
 
 
@@ -248,8 +299,7 @@ def load_sampler(*, run: str | Path | None = None, checkpoint: str | Path | None
         raise GanT2IError(f"device={device}: CUDA is not available; use device=cpu")
     G, source = load_generator(run=run, checkpoint=checkpoint, device=resolved)
     if any(block.attention is not None for block in G.blocks):
-        raise GanT2IError("this generator uses cross-attention to caption tokens, which sampling "
-                          "does not feed yet; use python -m gan_t2i.evaluate for its numbers")
+        G = TokenConditioned(G, source["text_max_tokens"])
     model = text_model or source["text_model"]
     if encoder is None:
         encoder = load_text_encoder(model, max_length=source["text_max_length"], device=resolved)
@@ -273,17 +323,29 @@ def device_name(device: torch.device) -> str:
 # Drawing
 
 
-def encode_prompts(encoder: SentenceEncoder, prompts: list[str]) -> torch.Tensor:
-    """Caption embeddings [P, D], one prompt per forward pass; over-long prompts warn."""
+def encode_prompts(encoder: SentenceEncoder, prompts: list[str],
+                   G: Generator | TokenConditioned | None = None) -> torch.Tensor:
+    """Caption rows [P, D], one prompt per forward pass; over-long prompts warn.
+
+    For a cross-attention generator (`TokenConditioned`), rows also pack the prompt's token
+    embeddings (as prepare caches them: `max_tokens` per prompt, float16-rounded).
+    """
     check_prompts(prompts)
     for prompt, cut in zip(prompts, encoder.count_truncated(prompts)):
         if cut:
             log.warning("prompt longer than the text model's %d tokens is truncated: %.60r...",
                         encoder.max_length, prompt)
-    # One at a time: padding to a batch's longest prompt changes the floats of the others.
-    emb = np.concatenate([encoder.encode([p]) for p in prompts])
     # Training saw the float16 embedding cache; rounding the same way also absorbs float noise.
-    return torch.from_numpy(emb).half().float()
+    def f16(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x).half().float()
+
+    # One at a time: padding to a batch's longest prompt changes the floats of the others.
+    if not isinstance(G, TokenConditioned):
+        return f16(np.concatenate([encoder.encode([p]) for p in prompts]))
+    parts = [encoder.encode_tokens([p], pad_to=G.max_tokens) for p in prompts]
+    return G.pack(f16(np.concatenate([q[0] for q in parts])),
+                  f16(np.concatenate([q[1] for q in parts])),
+                  torch.from_numpy(np.concatenate([q[2] for q in parts])))
 
 
 def make_z(seeds: list[int], z_dim: int) -> torch.Tensor:
@@ -420,12 +482,13 @@ def interpolation_frames(G: Generator, c_keys: torch.Tensor, seeds: list[int], *
     [frames * (K - 1) + 1, H, W, 3].
     """
     zk = make_z(seeds, G.z_dim)
+    caption_lerp = G.lerp_caption if isinstance(G, TokenConditioned) else lerp_caption
     z_rows, c_rows = [], []
     for k in range(len(seeds) - 1):
         for i in range(frames):
             t = i / frames
             z_rows.append(slerp(zk[k], zk[k + 1], t))
-            c_rows.append(lerp_caption(c_keys[k], c_keys[k + 1], t))
+            c_rows.append(caption_lerp(c_keys[k], c_keys[k + 1], t))
     z_rows.append(zk[-1])
     c_rows.append(c_keys[-1])
     with inference():
@@ -587,7 +650,7 @@ def render(sampler: Sampler, request: Request) -> list[Output]:
         log.warning("noise_mode=random: the images cannot be regenerated exactly")
     prompts = request.prompts[:1] if request.mode in ("truncation_sweep", "style_mix") \
         else request.prompts
-    c = encode_prompts(sampler.encoder, prompts)
+    c = encode_prompts(sampler.encoder, prompts, sampler.G)
     return RENDERERS[request.mode](sampler.G, c, request)
 
 
@@ -703,7 +766,7 @@ def regenerate_output(sampler: Sampler, request: Request, record: dict[str, Any]
     """Draw again the one output a provenance record describes."""
     role = record.get("role")
     if role == "individual":
-        c = encode_prompts(sampler.encoder, [record["prompt"]])
+        c = encode_prompts(sampler.encoder, [record["prompt"]], sampler.G)
         image = sample_images(sampler.G, c, [record["image_seed"]], psi=request.truncation,
                               center=request.truncation_center, noise_mode=request.noise_mode,
                               batch_size=request.batch_size,

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, plain_config
@@ -19,6 +20,7 @@ from gan_t2i.train import build_trainer, resume, train
 from gan_t2i.training.checkpoint import list_snapshots, load_checkpoint
 from gan_t2i.training.data import load_train_data
 from gan_t2i.utils import GanT2IError, read_jsonl
+from gan_t2i.viz import to_uint8
 
 
 def _cfg(data_dir: Path, run_dir: Path, *extra: str) -> dict:
@@ -206,7 +208,7 @@ def test_cross_attention_trains_on_token_embeddings(smoke_data_dir, tmp_path):
     tokens = trainer.data.sample_tokens
     assert tokens[0].shape[:2] == tokens[1].shape == (len(trainer.data.sample_texts), 16)
     assert (run / "checkpoints" / "last.pt").is_file()
-    # evaluate feeds the tokens too; sampling says clearly that it does not yet
+    # evaluate and sample feed the tokens too
     from gan_t2i.evaluate import evaluate_run
     from gan_t2i.sample import load_sampler
 
@@ -216,8 +218,38 @@ def test_cross_attention_trains_on_token_embeddings(smoke_data_dir, tmp_path):
     records = evaluate_run(run, checkpoint="last", metrics=["fid"], eval_cfg=eval_cfg,
                            data_dir=str(smoke_data_dir), device=torch.device("cpu"), progress=False)
     assert records and records[0]["metric"] == "fid_random_cnn"
-    with pytest.raises(GanT2IError, match="cross-attention"):
-        load_sampler(run=run, device="cpu")
+    _check_sampling_feeds_tokens(load_sampler(run=run, device="cpu"), tmp_path / "samples")
+
+
+def _check_sampling_feeds_tokens(sampler, out: Path) -> None:
+    from gan_t2i import sample as S
+
+    G, prompts = sampler.G, ["a large red circle in the top left", "a small blue square"]
+    assert sampler.max_tokens == 16 and sampler.source["text_max_tokens"] == 16
+    c = S.encode_prompts(sampler.encoder, prompts, G)
+    d = G.c_dim
+    assert c.shape == (2, d + 16 * d + 16)
+    pooled, tokens, mask = G.unpack(c)
+    assert torch.equal(pooled, S.encode_prompts(sampler.encoder, prompts))  # same pooled rows
+    assert mask[:, 0].all() and not mask.all() and tokens.abs().sum() > 0
+    images = S.sample_images(G, c, [0, 1], batch_size=4)  # [2 prompts, 2 seeds, H, W, 3]
+    with torch.inference_mode():  # the same by hand, with the tokens and without them
+        z = S.make_z([0, 1], G.z_dim).repeat(2, 1)
+        rows = pooled.repeat_interleave(2, 0)
+        ws = S.broadcast_ws(G, G.G.map(z, rows))
+        tok = (tokens.repeat_interleave(2, 0), mask.repeat_interleave(2, 0))
+        by_hand = G.G.synthesis(ws, rows, noise_mode="const", tokens=tok)
+        blind = G.G.synthesis(ws, rows, noise_mode="const",
+                              tokens=(torch.zeros_like(tok[0]), tok[1]))
+    assert np.array_equal(images.reshape(4, *images.shape[2:]), to_uint8(by_hand))
+    assert not np.array_equal(to_uint8(by_hand), to_uint8(blind))  # the tokens are live
+    half = G.lerp_caption(c[0], c[1], 0.5)
+    assert torch.equal(G.unpack(half[None])[2][0], mask[0] | mask[1])
+    for mode in ("grid", "interpolate", "truncation_sweep", "style_mix"):
+        request = S.Request(prompts=prompts, mode=mode, n=2, frames=2, truncation_values=[0.5, 1.0],
+                            center_samples=8, batch_size=4)
+        written = S.sample(sampler, request, out / mode)
+        assert written and all(p.is_file() for p in written), mode
 
 
 def test_compile_falls_back_to_eager_when_the_first_call_fails(caplog):
