@@ -99,22 +99,26 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def average_gradients(module: nn.Module, loss: torch.Tensor) -> torch.Tensor:
-    """Average the gradients of `module` and the loss over ranks in place; returns the loss.
-
-    One flat buffer, one all-reduce. Parameters without a gradient have none on every rank
-    (every rank runs the same graph), so they stay None and Adam skips them as it would alone.
-    """
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    dtype = grads[0].dtype if grads else torch.float32
-    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(dtype)])
+def _average_in_place(tensors: list[torch.Tensor]) -> None:
+    """Mean over ranks of each tensor, written back: one flat buffer, one all-reduce."""
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-    return flat[-1]
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def average_gradients(module: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """Average the gradients of `module` and the loss over ranks in place; returns the loss.
+
+    Parameters without a gradient have none on every rank (every rank runs the same graph),
+    so they stay None and Adam skips them as it would alone.
+    """
+    loss = loss.detach().float().reshape(1).clone()
+    _average_in_place([p.grad for p in module.parameters() if p.grad is not None] + [loss])
+    return loss[0]
 
 
 def average_float_buffers(*modules: nn.Module) -> None:
@@ -126,15 +130,8 @@ def average_float_buffers(*modules: nn.Module) -> None:
     if not dist.is_initialized():
         return
     buffers = [b for m in modules for b in m.buffers() if b.is_floating_point()]
-    if not buffers:
-        return
-    flat = torch.cat([b.reshape(-1).float() for b in buffers])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
-        offset += b.numel()
+    if buffers:
+        _average_in_place(buffers)
 
 
 def average_scalars(values: dict[str, float], device: torch.device) -> dict[str, float]:
