@@ -152,7 +152,32 @@ def resume(trainer: Trainer, how: str, device: torch.device) -> str | None:
         return None
     state, path = found
     trainer.load_state_dict(state)
+    changed = config_changes(state.get("config") or {}, trainer.config)
+    if changed:
+        log.warning("resuming %s with settings other than it was trained with: %s%s", path,
+                    ", ".join(changed[:8]), f" (+{len(changed) - 8} more)" if len(changed) > 8 else "")
     return str(path)
+
+
+# Keys that may change between a checkpoint and its continuation without changing the run.
+_RESUME_FREE = ("train.resume", "train.total_kimg", "train.workers", "train.num_threads",
+                "train.device", "train.eval_every_kimg", "train.snapshot_kimg", "train.tick_kimg",
+                "train.keep_snapshots", "logger.", "paths.", "progress", "eval.")
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for settings that differ (schedules, logging and paths left out)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        if any(name == f or (f.endswith(".") and name.startswith(f)) for f in _RESUME_FREE):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
 
 
 def build_evaluate_hook(cfg: dict[str, Any], prepared: Any, device: torch.device

@@ -104,6 +104,18 @@ def test_truncated_last_falls_back_to_snapshot(smoke_data_dir, tmp_path, caplog)
     assert any("cannot read checkpoint" in r.getMessage() for r in caplog.records)
 
 
+def test_resume_with_changed_settings_warns_and_names_them(smoke_data_dir, tmp_path, caplog):
+    run = tmp_path / "run"
+    train(_cfg(smoke_data_dir, run), run)
+    trainer = _trainer(_cfg(smoke_data_dir, run, "train.batch_size=4", "train.total_kimg=1",
+                            "loss.r1_gamma=2.5"), run)
+    with caplog.at_level(logging.WARNING):
+        resume(trainer, "auto", torch.device("cpu"))
+    (message,) = [r.getMessage() for r in caplog.records if "other than it was trained" in r.getMessage()]
+    assert "loss.r1_gamma: 1.0 -> 2.5" in message and "train.batch_size: 8 -> 4" in message
+    assert "total_kimg" not in message  # training longer is a plain continuation
+
+
 def test_other_architecture_lists_mismatched_keys(smoke_data_dir, tmp_path):
     run = tmp_path / "run"
     train(_cfg(smoke_data_dir, run), run)
