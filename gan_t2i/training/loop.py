@@ -271,7 +271,7 @@ class Trainer:
     def _tick(self, tick: _TickStats) -> None:
         p = self.progress
         elapsed = max(time.perf_counter() - tick.start, 1e-9)
-        means = distributed.average_scalars(tick.means(), self.device)  # the only sync: at ticks
+        means = distributed.average_scalars(tick.means(), self.device)  # stats are reduced at ticks only
         record = {"kimg": round(p.cur_nimg / 1000, 3), "nimg": p.cur_nimg, "step": p.step,
                   **{k: round(v, 5) for k, v in means.items()},
                   "img_per_s": round(tick.nimg / elapsed, 2),
