@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from gan_t2i.training.loop import peak_memory_mb
 from gan_t2i.utils import atomic_write_json, configure_cpu, cpu_has_native_bf16, resolve_device
 
 log = logging.getLogger(__name__)
@@ -106,14 +106,6 @@ def reset_peak_memory(device: torch.device) -> None:
             f.write("5")
     except OSError:
         pass  # elsewhere the peak stays the process's peak so far
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak since `reset_peak_memory`: max RSS on CPU, CUDA allocator peak on GPU (MiB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 # --- machine ---------------------------------------------------------------------------------
@@ -330,12 +322,9 @@ def bench_train_case(case: TrainCase, s: BenchSettings, device: torch.device,
         times[kind] = time_median(
             lambda r1=(kind == "r1"): _timed_step(trainer, batches, r1=r1, batch_size=bs),
             repeats=s.repeats, warmup=s.warmup, device=device)
-    t_plain, t_r1 = times["plain"], times.get("r1", times["plain"])
-    # The loop's mean iteration: R1 on one step in `interval`.
-    t_step = ((interval - 1) * t_plain + t_r1) / interval if interval > 0 else t_plain
     flops = {kind: step_flops(trainer, batches, r1=kind == "r1", batch_size=bs) for kind in times}
-    f_plain, f_r1 = flops["plain"], flops.get("r1", flops["plain"])
-    f_step = ((interval - 1) * f_plain + f_r1) / interval if interval > 0 else f_plain
+    t_plain, t_r1 = times["plain"], times.get("r1", times["plain"])
+    t_step, f_step = _loop_mean(times, interval), _loop_mean(flops, interval)
     return {
         "experiment": case.experiment, "resolution": case.resolution, "batch_size": bs,
         "memory_format": "channels_last" if case.channels_last else "NCHW",
@@ -345,6 +334,14 @@ def bench_train_case(case: TrainCase, s: BenchSettings, device: torch.device,
         "gflop_per_img": f_step / bs / 1e9, "gflop_per_s": f_step / t_step / 1e9,
         "g_params": param_count(trainer.G), "d_params": param_count(trainer.D),
     }
+
+
+def _loop_mean(per_kind: dict[str, float], interval: int) -> float:
+    """The loop's mean iteration from plain and R1 steps: R1 on one step in `interval`."""
+    plain = per_kind["plain"]
+    if interval <= 0:
+        return plain
+    return ((interval - 1) * plain + per_kind.get("r1", plain)) / interval
 
 
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -276,7 +276,8 @@ def evaluate_run(run: Path, *, checkpoint: str, metrics: list[str], eval_cfg: di
                  data_dir: str, device: torch.device, progress: bool = True) -> list[dict]:
     """Score each selected checkpoint; append records to the run's metrics.jsonl."""
     from gan_t2i.prepare import prepare
-    from gan_t2i.sample import load_generator
+    from gan_t2i.sample import generator_from_checkpoint
+    from gan_t2i.training.checkpoint import load_checkpoint
 
     check_metrics(metrics)
     if not run.is_dir():
@@ -284,11 +285,10 @@ def evaluate_run(run: Path, *, checkpoint: str, metrics: list[str], eval_cfg: di
     paths = select_checkpoints(run, checkpoint)
     evaluator, all_records = None, []
     for path in paths:
-        G, source = load_generator(checkpoint=path, device=device)
+        state = load_checkpoint(path, map_location="cpu")
+        G, source = generator_from_checkpoint(state, path, device=device)
         if evaluator is None:
-            from gan_t2i.training.checkpoint import load_checkpoint
-
-            cfg = load_checkpoint(path)["config"]
+            cfg = state["config"]
             prepared = prepare(cfg["data"], cfg["text"], data_dir, progress=progress)
             attention = any(block.attention is not None for block in G.blocks)
             evaluator = Evaluator(prepared.store, prepared.embeddings, eval_cfg,

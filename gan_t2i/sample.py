@@ -263,9 +263,15 @@ def find_checkpoint(run: str | Path | None, checkpoint: str | Path | None
 def load_generator(*, run: str | Path | None = None, checkpoint: str | Path | None = None,
                    device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
     """Build G_ema from a checkpoint's config and load its weights; returns (G, provenance)."""
+    state, path = find_checkpoint(run, checkpoint)
+    return generator_from_checkpoint(state, path, device=device)
+
+
+def generator_from_checkpoint(state: Any, path: Path, *, device: str | torch.device = "cpu"
+                              ) -> tuple[Generator, dict[str, Any]]:
+    """G_ema of an already loaded checkpoint (read from `path`); returns (G, provenance)."""
     from gan_t2i.train import build_generator  # the one place config becomes a Generator
 
-    state, path = find_checkpoint(run, checkpoint)
     if not isinstance(state, dict) or "G_ema" not in state or "config" not in state:
         raise GanT2IError(f"{path} is not a gan_t2i training checkpoint (no G_ema or config)")
     cfg, weights = state["config"], state["G_ema"]

@@ -26,7 +26,7 @@ from gan_t2i.training.checkpoint import load_checkpoint, load_latest, rng_state,
 from gan_t2i.training.data import TrainData, load_train_data
 from gan_t2i.training.loop import LoopSettings, Trainer
 from gan_t2i.training.loss import GANLoss, LossSettings
-from gan_t2i.utils import GanT2IError, resolve_device, seed_everything, use_bf16
+from gan_t2i.utils import GanT2IError, flatten, resolve_device, seed_everything, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -165,19 +165,12 @@ _RESUME_FREE = ("train.resume", "train.total_kimg", "train.workers", "train.num_
                 "train.keep_snapshots", "logger.", "paths.", "progress", "eval.")
 
 
-def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'key: old -> new' for settings that differ (schedules, logging and paths left out)."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        name = f"{prefix}{key}"
-        if any(name == f or (f.endswith(".") and name.startswith(f)) for f in _RESUME_FREE):
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_changes(a, b, f"{name}.")
-        elif a != b:
-            out.append(f"{name}: {a!r} -> {b!r}")
-    return out
+    a, b = flatten(old), flatten(new)
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
+            if a.get(key) != b.get(key)
+            and not any(key == f or (f.endswith(".") and key.startswith(f)) for f in _RESUME_FREE)]
 
 
 def build_evaluate_hook(cfg: dict[str, Any], prepared: Any, device: torch.device

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gan_t2i.analysis.runs import Run
-from gan_t2i.analysis.tables import metric_direction
+from gan_t2i.analysis.tables import best_row, metric_direction
 
 PANEL = (5.0, 3.4)  # inches per subplot
 
@@ -57,7 +57,7 @@ def plot_metric(runs: Sequence[Run], metric: str, split: str | None = None, *, m
                 ax.fill_between(ci["kimg"].astype(float), ci["ci_low"].astype(float),
                                 ci["ci_high"].astype(float), color=colors[name], alpha=0.15, lw=0)
             if mark_best:
-                best = df.loc[df["value"].idxmin() if direction == "min" else df["value"].idxmax()]
+                best = best_row(df, direction)
                 ax.plot([best["kimg"]], [best["value"]], "*", ms=14, color=colors[name], mec="black",
                         zorder=5)
         ax.set(xlabel="kimg", ylabel=metric, title=f"{metric} [{sp}] ({direction} is best)")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from gan_t2i.utils import GanT2IError, PathLike, read_jsonl
+from gan_t2i.utils import GanT2IError, PathLike, flatten, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -192,18 +192,6 @@ def load_runs(paths_or_globs: PathLike | list[PathLike]) -> list[Run]:
     if not found:
         raise GanT2IError(f"no runs matched {', '.join(map(str, items)) or '[]'}")
     return [load_run(p, name) for p, name in zip(found, _unique_names(found))]
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to one level with dotted keys; lists stay values."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _ignored(key: str) -> bool:

@@ -34,7 +34,7 @@ def select_metrics(df: pd.DataFrame, metrics: list[str] | None = None, split: st
     return df[keep]
 
 
-def _best_row(group: pd.DataFrame, direction: str) -> pd.Series:
+def best_row(group: pd.DataFrame, direction: str) -> pd.Series:
     """The row of the best value; ties go to the earliest kimg."""
     values = group["value"]
     return group.loc[values.idxmin() if direction == "min" else values.idxmax()]
@@ -52,7 +52,7 @@ def evaluations(runs: list[Run], metrics: list[str] | None = None, split: str | 
         df["direction"] = df["metric"].map(metric_direction)
         df["is_best"] = False
         for _, g in df.groupby(["metric", "split"], sort=False):
-            df.loc[_best_row(g, metric_direction(g["metric"].iloc[0])).name, "is_best"] = True
+            df.loc[best_row(g, metric_direction(g["metric"].iloc[0])).name, "is_best"] = True
         frames.append(df)
     cols = ["run", "metric", "split", "kimg", "value", "ci_low", "ci_high", "chance", "std", "is_best",
             "direction", "num_images", "checkpoint"]
@@ -74,7 +74,7 @@ def metric_table(runs: list[Run], metrics: list[str] | None = None, split: str |
         for (metric, sp), g in df.groupby(["metric", "split"], sort=True):
             g = g.sort_values("kimg", kind="stable")
             direction = metric_direction(metric)
-            final, best = g.iloc[-1], _best_row(g, direction)
+            final, best = g.iloc[-1], best_row(g, direction)
             ckpt = run.checkpoint_at(float(best["kimg"]), _str_or_none(best["checkpoint"]))
             rows.append({"run": run.name, "metric": metric, "split": sp, "direction": direction,
                          **_prefixed("final", final), **_prefixed("best", best),

@@ -45,7 +45,6 @@ class ImageCaptionDataset(Dataset):
         images = torch.from_numpy(batch).permute(0, 3, 1, 2)  # [B, 3, H, W]
         return [(images[i], int(caption[i])) for i in range(len(rows))]
 
-
     def caption_indices(self, indices: Sequence[int]) -> np.ndarray:
         """The caption index of each item [len(indices)] (items N..2N-1 are mirrored copies)."""
         return self._decode_index(np.asarray(indices, dtype=np.int64))[0]
@@ -57,6 +56,7 @@ class RankSlice(Dataset):
     `__getitems__(global batch)` returns `(images uint8 [b, 3, H, W] of this rank's contiguous
     slice, caption indices int64 [B] of the whole batch)`: images are read only where they are
     trained on, and every rank knows the global batch's captions (for the matching-aware term).
+    The global batch must split evenly (`TrainData.loader` checks it).
     """
 
     def __init__(self, dataset: ImageCaptionDataset, *, rank: int = 0, world_size: int = 1):
@@ -66,10 +66,7 @@ class RankSlice(Dataset):
         return len(self.dataset)
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        b, rest = divmod(len(indices), self.world_size)
-        if rest:
-            raise ValueError(f"global batch of {len(indices)} does not split over "
-                             f"{self.world_size} ranks")
+        b = len(indices) // self.world_size
         mine = list(indices[self.rank * b:(self.rank + 1) * b])
         images, _ = collate(self.dataset.__getitems__(mine))
         return images, torch.from_numpy(self.dataset.caption_indices(indices))

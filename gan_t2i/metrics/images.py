@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_t2i.utils import GanT2IError
+from gan_t2i.viz import to_uint8
 
 Images = np.ndarray | torch.Tensor
 
@@ -58,8 +59,7 @@ def to_uint8_images(images: Images) -> np.ndarray:
         return images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     x = torch.as_tensor(images)
     _check_float(x)
-    x = (x.detach().float().clamp(-1, 1) + 1) * 127.5
-    return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return to_uint8(x)
 
 
 def batches(images: Images, batch_size: int) -> Iterator[Images]:

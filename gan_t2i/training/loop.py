@@ -11,6 +11,7 @@ import copy
 import logging
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,7 +101,8 @@ def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process (CUDA allocator on GPU, max RSS on CPU) in MiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 class Trainer:
