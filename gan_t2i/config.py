@@ -63,6 +63,9 @@ class TextConfig:
     tokens: bool = False  # also cache token embeddings [T, D] (for cross-attention)
     max_tokens: int = 32
     device: str = "auto"
+    # Interchangeable words (colours, shapes, positions...): each train caption also gets one
+    # variant per group it mentions with that word swapped, a hard negative for loss.swap_weight.
+    swap_groups: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +114,7 @@ class LossConfig:
     r1_gamma: float = 1.0
     r1_interval: int = 16  # lazy R1 every N steps; 0 disables
     mismatch_weight: float = 0.5  # matching-aware: real image + wrong caption counts as fake
+    swap_weight: float = 0.0  # real image + its caption with one word swapped (text.swap_groups)
     style_mixing: float = 0.0  # probability of style mixing regularisation
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from gan_t2i.cli import task
 from gan_t2i.config import to_plain
 from gan_t2i.data import ImageStore, prepare_store
-from gan_t2i.utils import GanT2IError, atomic_path, resolve_device
+from gan_t2i.utils import GanT2IError, atomic_path, resolve_device, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class Prepared:
     encoded: int
     built_store: bool
     tokens: dict[str, Path]  # per split, with text.tokens=true (else empty)
+    swaps: Path | None = None  # train split's swapped-caption negatives, with text.swap_groups
 
 
 def aligned_embeddings_path(cache_folder: Path, store: ImageStore, split: str) -> Path:
@@ -42,9 +43,14 @@ def aligned_embeddings_path(cache_folder: Path, store: ImageStore, split: str) -
 
 
 def prepare_embeddings(store: ImageStore, text: dict[str, Any], data_dir: Path, *,
-                       progress: bool = True) -> tuple[dict[str, Path], int, int]:
-    """Encode every caption of the store once (incrementally) and write per-split aligned arrays."""
+                       progress: bool = True) -> tuple[dict[str, Path], int, int, Path | None]:
+    """Encode every caption of the store once (incrementally) and write per-split aligned arrays.
+
+    With `text.swap_groups`, the train split's swapped captions (hard negatives) are encoded
+    too and written beside its aligned array; the last item returned is that file (else None).
+    """
     from gan_t2i.text import EmbeddingCache, SentenceEncoder, model_identity, write_aligned
+    from gan_t2i.text.swaps import CaptionSwapper
 
     identity = model_identity(text["model"], max_length=text.get("max_length"))
     cache = EmbeddingCache(data_dir / "embeddings", identity, tokens=bool(text.get("tokens")),
@@ -56,6 +62,11 @@ def prepare_embeddings(store: ImageStore, text: dict[str, Any], data_dir: Path, 
                                max_length=text.get("max_length"))
 
     captions = [c for split in store.splits for c in store.split(split).captions]
+    swapper = CaptionSwapper(text["swap_groups"]) if text.get("swap_groups") else None
+    swaps = None
+    if swapper is not None and "train" in store.splits:
+        swaps = SwapPlan.of(store.split("train").captions, swapper)
+        captions += swaps.texts
     encoded = cache.build(captions, factory, batch_size=int(text["batch_size"]), progress=progress)
     paths, dim = {}, 0
     for split in store.splits:
@@ -66,7 +77,51 @@ def prepare_embeddings(store: ImageStore, text: dict[str, Any], data_dir: Path, 
             write_aligned_tokens(cache, store.split(split).captions, tokens_path(path))
         paths[split] = path
         dim = cache.dim
-    return paths, encoded, dim
+    swaps_file = None
+    if swaps is not None:
+        swaps_file = swaps_path(paths["train"], swapper.groups)
+        if not swaps_file.is_file() or encoded:
+            swaps.write(cache, swaps_file)
+    return paths, encoded, dim, swaps_file
+
+
+@dataclass
+class SwapPlan:
+    """Which swapped captions a split needs: distinct texts, and per caption its variants' rows."""
+
+    texts: list[str]  # distinct swapped captions
+    rows: np.ndarray  # int32 [M, G]: row in `texts` of caption i's variant for group g, or -1
+
+    @classmethod
+    def of(cls, captions: list[str], swapper: Any) -> SwapPlan:
+        """Variants of each distinct caption (shapes: 2,400 distinct among 100,000)."""
+        unique, inverse = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
+        variants = [swapper.variants(str(c)) for c in unique]
+        texts = sorted({v for row in variants for v in row if v is not None})
+        index = {t: i for i, t in enumerate(texts)}
+        table = np.array([[index[v] if v is not None else -1 for v in row] for row in variants],
+                         dtype=np.int32).reshape(len(unique), len(swapper))
+        return cls(texts, table[inverse.reshape(-1)] if len(captions) else table[:0])
+
+    def write(self, cache: Any, path: Path) -> None:
+        """npz with `embeddings` float16 [V, D] of the distinct variants and `rows` [M, G]."""
+        embeddings = cache.lookup(self.texts) if self.texts else np.zeros((0, cache.dim), np.float16)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, embeddings=embeddings, rows=self.rows)
+
+
+def swaps_path(aligned: Path, groups: list[list[str]]) -> Path:
+    """Swapped-caption negatives beside a split's aligned embeddings, keyed by the word groups."""
+    return aligned.with_name(f"{aligned.stem}.swaps-{stable_hash(groups)}.npz")
+
+
+def load_swaps(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings float16 [V, D], rows int64 [M, G]) written by `SwapPlan.write`."""
+    if not path.is_file():
+        raise GanT2IError(f"no swapped-caption negatives at {path}: prepare with text.swap_groups")
+    with np.load(path) as z:
+        return torch.from_numpy(z["embeddings"]), torch.from_numpy(z["rows"].astype(np.int64))
 
 
 def tokens_path(aligned: Path) -> Path:
@@ -101,10 +156,10 @@ def prepare(data: dict[str, Any], text: dict[str, Any], data_dir: str | Path, *,
     """Build (or reuse) the image store and the embedding cache for a data + text config."""
     data_dir = Path(data_dir)
     store, built = prepare_store(data, data_dir, progress=progress)
-    embeddings, encoded, dim = prepare_embeddings(store, text, data_dir, progress=progress)
+    embeddings, encoded, dim, swaps = prepare_embeddings(store, text, data_dir, progress=progress)
     tokens = {s: tokens_path(p) for s, p in embeddings.items()} if text.get("tokens") else {}
     return Prepared(store=store, embeddings=embeddings, embedding_dim=dim, encoded=encoded,
-                    built_store=built, tokens=tokens)
+                    built_store=built, tokens=tokens, swaps=swaps)
 
 
 def summary(prepared: Prepared, seconds: float) -> str:
@@ -116,6 +171,8 @@ def summary(prepared: Prepared, seconds: float) -> str:
                      f" {skipped:>5} skipped")
     lines.append(f"embeddings: dim {prepared.embedding_dim}, {prepared.encoded} newly encoded,"
                  f" {next(iter(prepared.embeddings.values())).parent}")
+    if prepared.swaps is not None:
+        lines.append(f"swapped-caption negatives: {prepared.swaps}")
     lines.append(f"time: {seconds:.1f} s")
     return "\n".join(lines)
 

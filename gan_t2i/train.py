@@ -106,6 +106,9 @@ def build_trainer(cfg: dict[str, Any], data: TrainData, run_dir: Path, logger: R
     if cfg["generator"]["attention_resolutions"] and data.token_table is None:
         raise GanT2IError("generator.attention_resolutions needs token embeddings: "
                           "set text.tokens=true")
+    if cfg["loss"]["swap_weight"] > 0 and data.swaps is None:
+        raise GanT2IError("loss.swap_weight > 0 needs swapped captions: set text.swap_groups "
+                          "(word groups such as [[red, green, blue], [circle, square]])")
     G = build_generator(cfg["generator"], c_dim=data.c_dim, resolution=res)
     D = build_discriminator(cfg["discriminator"], c_dim=data.c_dim, resolution=res)
     mean = data.embedding_mean()
@@ -231,7 +234,8 @@ def train(cfg: dict[str, Any], run_dir: Path) -> Trainer:
         attention = bool(cfg["generator"]["attention_resolutions"])
         data = load_train_data(prepared.store, prepared.embeddings, xflip=cfg["data"]["xflip"],
                                sample_captions=t["sample_captions"],
-                               tokens=prepared.tokens if attention else None)
+                               tokens=prepared.tokens if attention else None,
+                               swaps=prepared.swaps if cfg["loss"]["swap_weight"] > 0 else None)
         seed_everything(t["seed"])  # the same on every rank: see gan_t2i.shard
         logger = RunLogger(run_dir, mode=cfg["logger"]["mode"], project=cfg["logger"]["project"],
                            name=run_dir.name, config=cfg, tags=cfg["logger"]["tags"],

@@ -37,6 +37,34 @@ class TokenTable:
 
 
 @dataclass
+class SwapTable:
+    """Swapped-caption negatives of the train split (see `gan_t2i.text.swaps`)."""
+
+    embeddings: torch.Tensor  # [V, D] float16, distinct swapped captions
+    rows: torch.Tensor  # [M, G] int64: caption index -> row of its variant per word group, or -1
+
+    @classmethod
+    def load(cls, path: Path) -> SwapTable:
+        """Read what prepare wrote with text.swap_groups."""
+        from gan_t2i.prepare import load_swaps
+
+        return cls(*load_swaps(path))
+
+    def __call__(self, captions: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One variant per caption, its group picked by uniforms `u` [B, G] among those it has.
+
+        Returns (embeddings [B, D] float32, valid [B] bool); a caption naming no group's word
+        has no variant (valid False, its row zero).
+        """
+        rows = self.rows[captions]  # [B, G]
+        has = rows >= 0
+        pick = torch.where(has, u, torch.full_like(u, -1.0)).argmax(dim=1, keepdim=True)
+        row = rows.gather(1, pick).squeeze(1)
+        valid = row >= 0
+        return self.embeddings[row.clamp(min=0)].float() * valid.unsqueeze(1), valid
+
+
+@dataclass
 class TrainData:
     """The train split and its caption embeddings, plus fixed captions for sample grids."""
 
@@ -47,6 +75,7 @@ class TrainData:
     sample_embeddings: torch.Tensor  # [K, D] float32
     token_table: TokenTable | None = None  # train split, when the generator uses cross-attention
     sample_tokens: Tokens | None = None  # [K, T, D], [K, T]
+    swaps: SwapTable | None = None  # hard negative captions, with text.swap_groups
 
     @property
     def c_dim(self) -> int:
@@ -108,13 +137,18 @@ def _sample_captions(store: ImageStore, embeddings: dict[str, Path], per_split: 
 
 
 def load_train_data(store: ImageStore, embeddings: dict[str, Path], *, xflip: bool = False,
-                    sample_captions: int = 6, tokens: dict[str, Path] | None = None) -> TrainData:
+                    sample_captions: int = 6, tokens: dict[str, Path] | None = None,
+                    swaps: Path | None = None) -> TrainData:
     """Open the train split and load its embeddings (and token embeddings) into memory."""
     split = store.split("train")
     table = torch.from_numpy(np.load(embeddings["train"]))  # [M, D] float16
     if table.shape[0] != split.num_captions:
         raise ValueError(f"embeddings have {table.shape[0]} rows for {split.num_captions} captions")
     token_table = TokenTable.load(tokens["train"]) if tokens else None
+    swap_table = SwapTable.load(swaps) if swaps is not None else None
+    if swap_table is not None and swap_table.rows.shape[0] != split.num_captions:
+        raise GanT2IError(f"{swaps} has {swap_table.rows.shape[0]} rows for "
+                          f"{split.num_captions} captions: run prepare again")
     texts, sample, sample_tokens = _sample_captions(store, embeddings, sample_captions, tokens)
     if not texts:  # no evaluation split: use train captions
         texts = split.captions[:sample_captions]
@@ -123,4 +157,4 @@ def load_train_data(store: ImageStore, embeddings: dict[str, Path], *, xflip: bo
     return TrainData(dataset=ImageCaptionDataset(split, xflip=xflip), embeddings=table,
                      caption_image=torch.from_numpy(split.caption_image.copy()),
                      sample_texts=texts, sample_embeddings=torch.from_numpy(sample),
-                     token_table=token_table, sample_tokens=sample_tokens)
+                     token_table=token_table, sample_tokens=sample_tokens, swaps=swap_table)

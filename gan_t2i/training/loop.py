@@ -97,6 +97,17 @@ class _TickStats:
         return {k: float(v) / self.counts[k] for k, v in self.sums.items()}
 
 
+@dataclass
+class _Batch:
+    """One iteration's inputs on the device (this rank's samples)."""
+
+    real: torch.Tensor  # [b, 3, R, R] in [-1, 1]
+    c: torch.Tensor  # [b, D] caption embeddings
+    c_mis: torch.Tensor  # [b, D] captions of other images (matching-aware negatives)
+    tokens: Tokens | None
+    swapped: tuple[torch.Tensor, torch.Tensor] | None  # ([b, D], valid [b]) word-swap negatives
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process (CUDA allocator on GPU, max RSS on CPU) in MiB."""
     if device.type == "cuda":
@@ -150,9 +161,9 @@ class Trainer:
         set_rng_state(state["rng"])
 
     # --- one iteration -------------------------------------------------------------------
-    def _batch(self, batch: tuple[torch.Tensor, torch.Tensor]
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Tokens | None]:
-        """This rank's reals, captions, mismatched captions (chosen over the global batch), tokens."""
+    def _batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> _Batch:
+        """This rank's reals, captions, mismatched captions (chosen over the global batch), tokens,
+        and swapped-caption negatives (when the loss uses them). Runs inside `batch_shard`."""
         images, captions = batch  # images of this rank's slice, captions of the global batch
         b = images.shape[0]
         real = images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
@@ -164,7 +175,12 @@ class Trainer:
         tokens = self.data.tokens(captions[mine])
         if tokens is not None:
             tokens = (tokens[0].to(self.device), tokens[1].to(self.device))
-        return real, c_all[mine], c_mis[mine], tokens
+        swapped = None
+        if self.data.swaps is not None and self.loss.s.swap_weight > 0:
+            table = self.data.swaps
+            emb, valid = table(captions[mine], shard.rand(b, table.rows.shape[1]))
+            swapped = (emb.to(self.device), valid.to(self.device))
+        return _Batch(real, c_all[mine], c_mis[mine], tokens, swapped)
 
     def _finite(self, loss: torch.Tensor, module: nn.Module) -> bool:
         grads = [p.grad for p in module.parameters() if p.grad is not None]
@@ -193,17 +209,18 @@ class Trainer:
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """One iteration (D then G); returns stats, or None if it was skipped as non-finite."""
-        real, c, c_mis, tokens = self._batch(batch)
         with shard.batch_shard(self.rank, self.world_size):  # per-sample draws of the global batch
-            z = shard.randn(real.shape[0], self.G.z_dim, device=self.device)
-            fakes = self.loss.generate(z, c, tokens)
+            x = self._batch(batch)
+            z = shard.randn(x.real.shape[0], self.G.z_dim, device=self.device)
+            fakes = self.loss.generate(z, x.c, x.tokens)
             do_r1 = self.s.r1_interval > 0 and self.progress.step % self.s.r1_interval == 0
             self.opt_D.zero_grad(set_to_none=True)
-            loss_D, stats = self.loss.d_phase(fakes, real, c, c_mis, do_r1=do_r1)
+            loss_D, stats = self.loss.d_phase(fakes, x.real, x.c, x.c_mis, do_r1=do_r1,
+                                              swapped=x.swapped)
             if not self._optimize("D", loss_D, self.D, self.opt_D):
                 return None
             self.opt_G.zero_grad(set_to_none=True)
-            loss_G, stats_G = self.loss.g_phase(fakes, c)
+            loss_G, stats_G = self.loss.g_phase(fakes, x.c)
             if not self._optimize("G", loss_G, self.G, self.opt_G):
                 return None
         return {**stats, **stats_G}

@@ -3,7 +3,8 @@
 One iteration (the loop only orchestrates optimizers around these calls):
   1. `generate`  : fakes = G(z, c) for the batch's captions (graph kept for the G phase)
   2. `d_phase`   : D main on fakes (detached), reals, and reals paired with a mismatched caption
-                   (matching-aware); on every `r1_interval`-th step, lazy R1 on the reals in
+                   (matching-aware) or with their own caption one word swapped (hard
+                   negatives, `swap_weight`); on every `r1_interval`-th step, lazy R1 on the reals in
                    float32, scaled by the interval as in StyleGAN2, in the same backward
   3. `g_phase`   : G main through the freshly updated D, back through the graph of step 1
 
@@ -31,6 +32,7 @@ class LossSettings:
     r1_gamma: float = 1.0
     r1_interval: int = 16  # lazy R1 every N D steps; 0 disables R1
     mismatch_weight: float = 0.5  # matching-aware term: real image + wrong caption = negative
+    swap_weight: float = 0.0  # real image + its caption with one attribute word swapped = negative
     style_mixing: float = 0.0
 
 
@@ -83,11 +85,15 @@ class GANLoss:
             return self.G(z, c, style_mixing=self.s.style_mixing, update_w_avg=True, tokens=tokens)
 
     def d_phase(self, fakes: torch.Tensor, real: torch.Tensor, c: torch.Tensor,
-                c_mismatch: torch.Tensor, *, do_r1: bool) -> tuple[torch.Tensor, dict]:
+                c_mismatch: torch.Tensor, *, do_r1: bool,
+                swapped: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, dict]:
         """D main (+ lazy R1 when `do_r1`); returns (loss, stats). The caller runs backward.
 
         `c_mismatch` [B, D]: for each real image, the embedding of a caption of another image
-        (`mismatched` picks them; the loop picks over the global batch).
+        (`mismatched` picks them; the loop picks over the global batch). `swapped`: (embeddings
+        [B, D], valid [B]) of each real's own caption with one word swapped; used when
+        `swap_weight` > 0, averaged over the whole batch (samples without a variant add zero).
         """
         requires_grad(self.D, True)
         dev = real.device
@@ -100,24 +106,33 @@ class GANLoss:
             mis_logits = None
             if self.s.mismatch_weight > 0 and self.D.projection:
                 mis_logits = self.D.score(phi, c_mismatch).float()
+            swap_logits = None
+            if self.s.swap_weight > 0 and self.D.projection and swapped is not None:
+                swap_logits = self.D.score(phi, swapped[0]).float()
         loss = self._d_loss(real_logits, fake_logits, mis_logits)
         stats = {"loss_D": loss.detach(), "D_real": real_logits.detach().mean(),
                  "D_fake": fake_logits.detach().mean()}
         if mis_logits is not None:
             stats["D_mismatch"] = mis_logits.detach().mean()
+        if swap_logits is not None:
+            valid = swapped[1].to(swap_logits.dtype)
+            loss = loss + self.s.swap_weight * (self._negative(swap_logits) * valid).mean()
+            stats["D_swap"] = (swap_logits.detach() * valid).sum() / valid.sum().clamp(min=1)
         if do_r1:
             penalty = r1_penalty(real_logits, real)
             loss = loss + penalty.mean() * (self.s.r1_gamma / 2) * self.s.r1_interval
             stats["r1_penalty"] = penalty.detach().mean()
         return loss, stats
 
+    def _negative(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss of logits that should say "fake"."""
+        return F.relu(1 + logits) if self.s.kind == "hinge" else F.softplus(logits)
+
     def _d_loss(self, real: torch.Tensor, fake: torch.Tensor, mis: torch.Tensor | None
                 ) -> torch.Tensor:
-        if self.s.kind == "hinge":
-            loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-            return loss + (self.s.mismatch_weight * F.relu(1 + mis).mean() if mis is not None else 0)
-        loss = F.softplus(-real).mean() + F.softplus(fake).mean()
-        return loss + (self.s.mismatch_weight * F.softplus(mis).mean() if mis is not None else 0)
+        positive = F.relu(1 - real) if self.s.kind == "hinge" else F.softplus(-real)
+        loss = positive.mean() + self._negative(fake).mean()
+        return loss + (self.s.mismatch_weight * self._negative(mis).mean() if mis is not None else 0)
 
     def g_phase(self, fakes: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """G main through the current D; returns (loss, stats). The caller runs backward."""

@@ -233,6 +233,18 @@ def test_cross_attention_trains_on_token_embeddings(smoke_data_dir, tmp_path):
     _check_sampling_feeds_tokens(load_sampler(run=run, device="cpu"), tmp_path / "samples")
 
 
+def test_swapped_caption_negatives_train(smoke_data_dir, tmp_path):
+    with pytest.raises(GanT2IError, match="loss.swap_weight > 0 needs swapped captions"):
+        train(_cfg(smoke_data_dir, tmp_path / "a", "loss.swap_weight=1.0"), tmp_path / "a")
+    run = tmp_path / "b"
+    groups = "[[circle,square,triangle,diamond],[red,green,blue,yellow,purple,cyan]]"
+    trainer = train(_cfg(smoke_data_dir, run, "loss.swap_weight=1.0",
+                         f"text.swap_groups={groups}"), run)
+    assert trainer.data.swaps is not None
+    records = read_jsonl(run / "stats.jsonl")
+    assert records and all(np.isfinite(r["D_swap"]) for r in records)
+
+
 def _check_sampling_feeds_tokens(sampler, out: Path) -> None:
     from gan_t2i import sample as S
 

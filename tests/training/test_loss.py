@@ -201,6 +201,29 @@ def test_mismatch_weight_zero_or_no_projection_drops_the_term():
         torch.testing.assert_close(value, expected)
 
 
+@pytest.mark.parametrize("kind", ["nonsaturating", "hinge"])
+def test_swapped_captions_add_a_masked_negative_term(kind):
+    loss = make_loss(kind=kind, mismatch_weight=0.5, swap_weight=2.0)
+    z, c, real, idx = batch()
+    c_swap = torch.randn_like(c)
+    valid = torch.tensor([True, False, True, True])
+    with torch.no_grad():
+        fakes = loss.G(z, c, noise_mode="const")
+        without, _ = loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=False)
+        value, stats = loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=False,
+                                    swapped=(c_swap, valid))
+        logits = loss.D(real, c_swap)
+    negative = torch.relu(1 + logits) if kind == "hinge" else torch.nn.functional.softplus(logits)
+    term = 2.0 * (negative * valid).sum() / len(valid)  # a batch mean: exact under data parallel
+    torch.testing.assert_close(value, without + term)
+    torch.testing.assert_close(stats["D_swap"], logits[valid].mean())
+    off = make_loss(kind=kind, mismatch_weight=0.5, swap_weight=0.0)
+    with torch.no_grad():
+        value_off, stats_off = off.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=False,
+                                           swapped=(c_swap, valid))
+    assert "D_swap" not in stats_off and torch.allclose(value_off, without)
+
+
 def test_d_phase_does_not_backprop_into_g():
     loss = make_loss()
     z, c, real, idx = batch()
