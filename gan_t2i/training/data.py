@@ -50,18 +50,15 @@ class SwapTable:
 
         return cls(*load_swaps(path))
 
-    def __call__(self, captions: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One variant per caption, its group picked by uniforms `u` [B, G] among those it has.
+    def __call__(self, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every variant of caption indices [B]: (embeddings [B, G, D] float32, valid [B, G]).
 
-        Returns (embeddings [B, D] float32, valid [B] bool); a caption naming no group's word
-        has no variant (valid False, its row zero).
+        A caption that does not name any word of group g has no variant g (valid False, row
+        zero).
         """
         rows = self.rows[captions]  # [B, G]
-        has = rows >= 0
-        pick = torch.where(has, u, torch.full_like(u, -1.0)).argmax(dim=1, keepdim=True)
-        row = rows.gather(1, pick).squeeze(1)
-        valid = row >= 0
-        return self.embeddings[row.clamp(min=0)].float() * valid.unsqueeze(1), valid
+        valid = rows >= 0
+        return self.embeddings[rows.clamp(min=0)].float() * valid.unsqueeze(2), valid
 
 
 @dataclass

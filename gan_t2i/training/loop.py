@@ -105,7 +105,7 @@ class _Batch:
     c: torch.Tensor  # [b, D] caption embeddings
     c_mis: torch.Tensor  # [b, D] captions of other images (matching-aware negatives)
     tokens: Tokens | None
-    swapped: tuple[torch.Tensor, torch.Tensor] | None  # ([b, D], valid [b]) word-swap negatives
+    swapped: tuple[torch.Tensor, torch.Tensor] | None  # ([b, G, D], valid [b, G]) word swaps
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -163,7 +163,7 @@ class Trainer:
     # --- one iteration -------------------------------------------------------------------
     def _batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> _Batch:
         """This rank's reals, captions, mismatched captions (chosen over the global batch), tokens,
-        and swapped-caption negatives (when the loss uses them). Runs inside `batch_shard`."""
+        and swapped-caption negatives (when the loss uses them)."""
         images, captions = batch  # images of this rank's slice, captions of the global batch
         b = images.shape[0]
         real = images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
@@ -177,8 +177,7 @@ class Trainer:
             tokens = (tokens[0].to(self.device), tokens[1].to(self.device))
         swapped = None
         if self.data.swaps is not None and self.loss.s.swap_weight > 0:
-            table = self.data.swaps
-            emb, valid = table(captions[mine], shard.rand(b, table.rows.shape[1]))
+            emb, valid = self.data.swaps(captions[mine])
             swapped = (emb.to(self.device), valid.to(self.device))
         return _Batch(real, c_all[mine], c_mis[mine], tokens, swapped)
 

@@ -92,8 +92,9 @@ class GANLoss:
 
         `c_mismatch` [B, D]: for each real image, the embedding of a caption of another image
         (`mismatched` picks them; the loop picks over the global batch). `swapped`: (embeddings
-        [B, D], valid [B]) of each real's own caption with one word swapped; used when
-        `swap_weight` > 0, averaged over the whole batch (samples without a variant add zero).
+        [B, G, D], valid [B, G]) of each real's own caption with one word swapped, one variant
+        per word group; used when `swap_weight` > 0. Each sample's term is the mean over its
+        valid variants (zero without any), then averaged over the batch.
         """
         requires_grad(self.D, True)
         dev = real.device
@@ -108,7 +109,9 @@ class GANLoss:
                 mis_logits = self.D.score(phi, c_mismatch).float()
             swap_logits = None
             if self.s.swap_weight > 0 and self.D.projection and swapped is not None:
-                swap_logits = self.D.score(phi, swapped[0]).float()
+                b, g = swapped[1].shape
+                swap_logits = self.D.score(phi.repeat_interleave(g, 0),
+                                           swapped[0].flatten(0, 1)).float().view(b, g)
         loss = self._d_loss(real_logits, fake_logits, mis_logits)
         stats = {"loss_D": loss.detach(), "D_real": real_logits.detach().mean(),
                  "D_fake": fake_logits.detach().mean()}
@@ -116,7 +119,8 @@ class GANLoss:
             stats["D_mismatch"] = mis_logits.detach().mean()
         if swap_logits is not None:
             valid = swapped[1].to(swap_logits.dtype)
-            loss = loss + self.s.swap_weight * (self._negative(swap_logits) * valid).mean()
+            per_sample = (self._negative(swap_logits) * valid).sum(1) / valid.sum(1).clamp(min=1)
+            loss = loss + self.s.swap_weight * per_sample.mean()
             stats["D_swap"] = (swap_logits.detach() * valid).sum() / valid.sum().clamp(min=1)
         if do_r1:
             penalty = r1_penalty(real_logits, real)

@@ -57,7 +57,7 @@ def test_bad_groups_are_one_line_errors(groups, message):
         check_groups(groups)
 
 
-def test_plan_rows_follow_every_caption_and_the_table_picks_among_them():
+def test_plan_rows_follow_every_caption_and_the_table_gives_every_variant():
     swapper = CaptionSwapper([["red", "blue"], ["cup", "car"]])
     captions = ["a red cup", "a tree", "a red cup", "a blue thing"]
     plan = SwapPlan.of(captions, swapper)
@@ -65,13 +65,13 @@ def test_plan_rows_follow_every_caption_and_the_table_picks_among_them():
     assert [plan.texts[r] if r >= 0 else None for r in plan.rows[0]] == ["a blue cup", "a red car"]
     assert (plan.rows[1] == -1).all() and (plan.rows[0] == plan.rows[2]).all()
     assert plan.rows[3, 1] == -1 and plan.texts[plan.rows[3, 0]] == "a red thing"
-    emb = torch.arange(len(plan.texts), dtype=torch.float16)[:, None].repeat(1, 3)
+    emb = torch.arange(1, len(plan.texts) + 1, dtype=torch.float16)[:, None].repeat(1, 3)
     table = SwapTable(emb, torch.from_numpy(plan.rows).long())
-    idx = torch.tensor([0, 0, 1, 3])
-    u = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.5, 0.5], [0.1, 0.9]])
-    out, valid = table(idx, u)
-    assert valid.tolist() == [True, True, False, True]
-    assert out[:, 0].tolist() == [plan.rows[0, 0], plan.rows[0, 1], 0, plan.rows[3, 0]]
+    out, valid = table(torch.tensor([0, 1, 3]))
+    assert out.shape == (3, 2, 3)
+    assert valid.tolist() == [[True, True], [False, False], [True, False]]
+    assert out[:, :, 0].tolist() == [[plan.rows[0, 0] + 1, plan.rows[0, 1] + 1], [0, 0],
+                                     [plan.rows[3, 0] + 1, 0]]
 
 
 def test_prepare_writes_negatives_aligned_with_the_train_captions(tmp_path, smoke_data_dir):

@@ -205,16 +205,20 @@ def test_mismatch_weight_zero_or_no_projection_drops_the_term():
 def test_swapped_captions_add_a_masked_negative_term(kind):
     loss = make_loss(kind=kind, mismatch_weight=0.5, swap_weight=2.0)
     z, c, real, idx = batch()
-    c_swap = torch.randn_like(c)
-    valid = torch.tensor([True, False, True, True])
+    c_swap = torch.randn(4, 3, C_DIM)  # three word groups
+    valid = torch.tensor([[True, True, True], [False, False, False], [True, False, True],
+                          [False, True, False]])
     with torch.no_grad():
         fakes = loss.G(z, c, noise_mode="const")
         without, _ = loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=False)
         value, stats = loss.d_phase(fakes, real, c, c[mismatched(idx)], do_r1=False,
                                     swapped=(c_swap, valid))
-        logits = loss.D(real, c_swap)
+        phi = loss.D.features(real)  # mbstd couples the batch: score each group on these
+        logits = torch.stack([loss.D.score(phi, c_swap[:, k]) for k in range(3)], dim=1)
     negative = torch.relu(1 + logits) if kind == "hinge" else torch.nn.functional.softplus(logits)
-    term = 2.0 * (negative * valid).sum() / len(valid)  # a batch mean: exact under data parallel
+    # per sample: mean over its variants (0 without any); then the batch mean
+    per_sample = [negative[0].mean(), 0.0, negative[2, [0, 2]].mean(), negative[3, 1]]
+    term = 2.0 * sum(per_sample) / 4
     torch.testing.assert_close(value, without + term)
     torch.testing.assert_close(stats["D_swap"], logits[valid].mean())
     off = make_loss(kind=kind, mismatch_weight=0.5, swap_weight=0.0)
