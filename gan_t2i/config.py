@@ -115,6 +115,7 @@ class LossConfig:
     r1_interval: int = 16  # lazy R1 every N steps; 0 disables
     mismatch_weight: float = 0.5  # matching-aware: real image + wrong caption counts as fake
     swap_weight: float = 0.0  # real image + its caption with one word swapped (text.swap_groups)
+    swap_weight_g: float = 0.0  # G: D should reject its fake under the swapped captions
     style_mixing: float = 0.0  # probability of style mixing regularisation
 
 

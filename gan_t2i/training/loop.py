@@ -176,7 +176,8 @@ class Trainer:
         if tokens is not None:
             tokens = (tokens[0].to(self.device), tokens[1].to(self.device))
         swapped = None
-        if self.data.swaps is not None and self.loss.s.swap_weight > 0:
+        if self.data.swaps is not None and (self.loss.s.swap_weight > 0
+                                            or self.loss.s.swap_weight_g > 0):
             emb, valid = self.data.swaps(captions[mine])
             swapped = (emb.to(self.device), valid.to(self.device))
         return _Batch(real, c_all[mine], c_mis[mine], tokens, swapped)
@@ -219,7 +220,7 @@ class Trainer:
             if not self._optimize("D", loss_D, self.D, self.opt_D):
                 return None
             self.opt_G.zero_grad(set_to_none=True)
-            loss_G, stats_G = self.loss.g_phase(fakes, x.c)
+            loss_G, stats_G = self.loss.g_phase(fakes, x.c, swapped=x.swapped)
             if not self._optimize("G", loss_G, self.G, self.opt_G):
                 return None
         return {**stats, **stats_G}

@@ -33,6 +33,7 @@ class LossSettings:
     r1_interval: int = 16  # lazy R1 every N D steps; 0 disables R1
     mismatch_weight: float = 0.5  # matching-aware term: real image + wrong caption = negative
     swap_weight: float = 0.0  # real image + its caption with one attribute word swapped = negative
+    swap_weight_g: float = 0.0  # G: its fake + the swapped caption should be rejected by D
     style_mixing: float = 0.0
 
 
@@ -109,19 +110,15 @@ class GANLoss:
                 mis_logits = self.D.score(phi, c_mismatch).float()
             swap_logits = None
             if self.s.swap_weight > 0 and self.D.projection and swapped is not None:
-                b, g = swapped[1].shape
-                swap_logits = self.D.score(phi.repeat_interleave(g, 0),
-                                           swapped[0].flatten(0, 1)).float().view(b, g)
+                swap_logits = self._swap_logits(phi, swapped)
         loss = self._d_loss(real_logits, fake_logits, mis_logits)
         stats = {"loss_D": loss.detach(), "D_real": real_logits.detach().mean(),
                  "D_fake": fake_logits.detach().mean()}
         if mis_logits is not None:
             stats["D_mismatch"] = mis_logits.detach().mean()
         if swap_logits is not None:
-            valid = swapped[1].to(swap_logits.dtype)
-            per_sample = (self._negative(swap_logits) * valid).sum(1) / valid.sum(1).clamp(min=1)
-            loss = loss + self.s.swap_weight * per_sample.mean()
-            stats["D_swap"] = (swap_logits.detach() * valid).sum() / valid.sum().clamp(min=1)
+            loss = loss + self.s.swap_weight * self._swap_term(swap_logits, swapped[1])
+            stats["D_swap"] = (swap_logits.detach() * swapped[1]).sum() / swapped[1].sum().clamp(min=1)
         if do_r1:
             penalty = r1_penalty(real_logits, real)
             loss = loss + penalty.mean() * (self.s.r1_gamma / 2) * self.s.r1_interval
@@ -138,10 +135,38 @@ class GANLoss:
         loss = positive.mean() + self._negative(fake).mean()
         return loss + (self.s.mismatch_weight * self._negative(mis).mean() if mis is not None else 0)
 
-    def g_phase(self, fakes: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """G main through the current D; returns (loss, stats). The caller runs backward."""
+    def _swap_logits(self, phi: torch.Tensor, swapped: tuple[torch.Tensor, torch.Tensor]
+                     ) -> torch.Tensor:
+        """D's logits [B, G] of features phi [B, C] with each caption variant [B, G, D]."""
+        b, g = swapped[1].shape
+        return self.D.score(phi.repeat_interleave(g, 0), swapped[0].flatten(0, 1)).float().view(b, g)
+
+    def _swap_term(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Batch mean of each sample's mean negative loss over its valid variants."""
+        valid = valid.to(logits.dtype)
+        return ((self._negative(logits) * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
+
+    def g_phase(self, fakes: torch.Tensor, c: torch.Tensor,
+                swapped: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, dict]:
+        """G main through the current D; returns (loss, stats). The caller runs backward.
+
+        With `swap_weight_g` > 0 and `swapped` (as in `d_phase`), G is also pushed to make D
+        reject its fakes under the swapped captions: the image must show this caption's
+        attribute, not merely a plausible one.
+        """
         requires_grad(self.D, False)
+        use_swaps = self.s.swap_weight_g > 0 and self.D.projection and swapped is not None
         with self._autocast(fakes.device):
-            logits = self._d_out(fakes, c)
+            if use_swaps:
+                phi = self.D.features(self.augment(fakes))
+                logits = self.D.score(phi, c).float()
+                swap_logits = self._swap_logits(phi, swapped)
+            else:
+                logits = self._d_out(fakes, c)
         loss = -logits.mean() if self.s.kind == "hinge" else F.softplus(-logits).mean()
-        return loss, {"loss_G": loss.detach()}
+        stats = {"loss_G": loss.detach()}
+        if use_swaps:
+            loss = loss + self.s.swap_weight_g * self._swap_term(swap_logits, swapped[1])
+            stats["G_swap"] = (swap_logits.detach() * swapped[1]).sum() / swapped[1].sum().clamp(min=1)
+        return loss, stats

@@ -228,6 +228,26 @@ def test_swapped_captions_add_a_masked_negative_term(kind):
     assert "D_swap" not in stats_off and torch.allclose(value_off, without)
 
 
+def test_g_phase_swap_term_pushes_fakes_away_from_swapped_captions():
+    loss = make_loss(swap_weight_g=0.5)
+    z, c, real, idx = batch()
+    c_swap = torch.randn(4, 2, C_DIM)
+    valid = torch.tensor([[True, True], [True, False], [False, False], [True, True]])
+    fakes = loss.generate(z, c)
+    plain, _ = loss.g_phase(fakes, c)
+    value, stats = loss.g_phase(fakes, c, swapped=(c_swap, valid))
+    with torch.no_grad():
+        phi = loss.D.features(fakes)
+        logits = torch.stack([loss.D.score(phi, c_swap[:, k]) for k in range(2)], dim=1)
+    sp = torch.nn.functional.softplus(logits)
+    term = 0.5 * (sp[0].mean() + sp[1, 0] + 0.0 + sp[3].mean()) / 4
+    torch.testing.assert_close(value, plain + term)
+    torch.testing.assert_close(stats["G_swap"], logits[valid].mean())
+    (value - plain).backward()  # the swap term alone
+    assert all(p.grad is None for p in loss.D.parameters())  # G phase: D is frozen
+    assert sum(p.grad.abs().sum() for p in loss.G.parameters() if p.grad is not None) > 0
+
+
 def test_d_phase_does_not_backprop_into_g():
     loss = make_loss()
     z, c, real, idx = batch()
