@@ -66,6 +66,9 @@ class TextConfig:
     # Interchangeable words (colours, shapes, positions...): each train caption also gets one
     # variant per group it mentions with that word swapped, a hard negative for loss.swap_weight.
     swap_groups: list[list[str]] = field(default_factory=list)
+    # Keep only variants that are themselves train captions (closed vocabularies like shapes:
+    # held-out attribute combinations then never appear, not even as negatives).
+    swap_known_only: bool = False
 
 
 @dataclass

@@ -65,7 +65,8 @@ def prepare_embeddings(store: ImageStore, text: dict[str, Any], data_dir: Path, 
     swapper = CaptionSwapper(text["swap_groups"]) if text.get("swap_groups") else None
     swaps = None
     if swapper is not None and "train" in store.splits:
-        swaps = SwapPlan.of(store.split("train").captions, swapper)
+        swaps = SwapPlan.of(store.split("train").captions, swapper,
+                            known_only=bool(text.get("swap_known_only")))
         captions += swaps.texts
     encoded = cache.build(captions, factory, batch_size=int(text["batch_size"]), progress=progress)
     paths, dim = {}, 0
@@ -79,7 +80,8 @@ def prepare_embeddings(store: ImageStore, text: dict[str, Any], data_dir: Path, 
         dim = cache.dim
     swaps_file = None
     if swaps is not None:
-        swaps_file = swaps_path(paths["train"], swapper.groups)
+        swaps_file = swaps_path(paths["train"], swapper.groups,
+                                known_only=bool(text.get("swap_known_only")))
         if not swaps_file.is_file() or encoded:
             swaps.write(cache, swaps_file)
     return paths, encoded, dim, swaps_file
@@ -93,10 +95,15 @@ class SwapPlan:
     rows: np.ndarray  # int32 [M, G]: row in `texts` of caption i's variant for group g, or -1
 
     @classmethod
-    def of(cls, captions: list[str], swapper: Any) -> SwapPlan:
-        """Variants of each distinct caption (shapes: 2,400 distinct among 100,000)."""
+    def of(cls, captions: list[str], swapper: Any, *, known_only: bool = False) -> SwapPlan:
+        """Variants of each distinct caption (shapes: 2,400 distinct among 100,000).
+
+        `known_only`: keep only variants that are themselves captions of this split, so no
+        caption text outside the split (say, a held-out attribute combination) is ever shown.
+        """
         unique, inverse = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
-        variants = [swapper.variants(str(c)) for c in unique]
+        known = set(unique.tolist()) if known_only else None
+        variants = [swapper.variants(str(c), allowed=known) for c in unique]
         texts = sorted({v for row in variants for v in row if v is not None})
         index = {t: i for i, t in enumerate(texts)}
         table = np.array([[index[v] if v is not None else -1 for v in row] for row in variants],
@@ -111,9 +118,10 @@ class SwapPlan:
                 np.savez(f, embeddings=embeddings, rows=self.rows)
 
 
-def swaps_path(aligned: Path, groups: list[list[str]]) -> Path:
-    """Swapped-caption negatives beside a split's aligned embeddings, keyed by the word groups."""
-    return aligned.with_name(f"{aligned.stem}.swaps-{stable_hash(groups)}.npz")
+def swaps_path(aligned: Path, groups: list[list[str]], *, known_only: bool = False) -> Path:
+    """Swapped-caption negatives beside a split's aligned embeddings, keyed by their settings."""
+    key = stable_hash({"groups": groups, "known_only": known_only})
+    return aligned.with_name(f"{aligned.stem}.swaps-{key}.npz")
 
 
 def load_swaps(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 
 from gan_t2i.utils import GanT2IError
 
@@ -46,11 +46,14 @@ def _pattern(group: list[str]) -> re.Pattern[str]:
     return re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
 
 
-def _pick(caption: str, group_index: int, found: str, choices: list[str], seed: int) -> str:
+def _candidates(caption: str, group_index: int, found: str, choices: list[str], seed: int
+                ) -> list[str]:
+    """The group's other words, rotated by a stable hash: the first is the usual pick."""
     key = f"{seed}\x00{group_index}\x00{caption}".encode()
     h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
     others = [w for w in choices if w != found]
-    return others[h % len(others)]
+    start = h % len(others)
+    return others[start:] + others[:start]
 
 
 class CaptionSwapper:
@@ -64,20 +67,25 @@ class CaptionSwapper:
     def __len__(self) -> int:
         return len(self.groups)
 
-    def variants(self, caption: str) -> list[str | None]:
+    def variants(self, caption: str, allowed: Container[str] | None = None) -> list[str | None]:
         """For each group: the caption with its first word of that group replaced, or None.
 
-        The replacement keeps the original's capitalisation of the first letter.
+        The replacement keeps the original's capitalisation of the first letter. With
+        `allowed`, the first replacement (in the caption's stable order) whose result is in
+        `allowed` is taken; None where no replacement gives an allowed caption.
         """
         out: list[str | None] = []
         for k, (group, pattern) in enumerate(zip(self.groups, self._patterns)):
             match = pattern.search(caption)
-            if match is None:
-                out.append(None)
-                continue
-            found = match.group(0)
-            new = _pick(caption, k, found.lower(), group, self.seed)
-            if found[:1].isupper():
-                new = new[:1].upper() + new[1:]
-            out.append(caption[:match.start()] + new + caption[match.end():])
+            variant = None
+            if match is not None:
+                found = match.group(0)
+                for new in _candidates(caption, k, found.lower(), group, self.seed):
+                    if found[:1].isupper():
+                        new = new[:1].upper() + new[1:]
+                    text = caption[:match.start()] + new + caption[match.end():]
+                    if allowed is None or text in allowed:
+                        variant = text
+                        break
+            out.append(variant)
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import plain_config
+from conftest import compose, plain_config
 
 from gan_t2i.data.shapes import ATTRIBUTES, parse_caption
 from gan_t2i.prepare import SwapPlan, load_swaps, prepare
@@ -44,6 +44,23 @@ def test_longest_phrase_wins_capitals_stay_and_absent_groups_give_none():
     assert swapper.variants("Red ball")[1] == "Blue ball"
     assert swapper.variants("a cat on a mat") == [None, None]
     assert swapper.variants("a redwood tree") == [None, None]  # whole words only
+
+
+def test_allowed_variants_take_the_next_candidate_or_none():
+    swapper = CaptionSwapper([["red", "green", "blue"], ["cup", "car"]])
+    free = swapper.variants("a red cup")
+    other = next(v for v in ("a green cup", "a blue cup") if v != free[0])
+    assert swapper.variants("a red cup", allowed={other, "a red car"}) == [other, "a red car"]
+    assert swapper.variants("a red cup", allowed=set()) == [None, None]
+
+
+def test_known_only_plans_use_only_the_split_s_own_captions():
+    swapper = CaptionSwapper([["red", "green", "blue"]])
+    captions = ["a red cup", "a green cup", "a red car"]
+    plan = SwapPlan.of(captions, swapper, known_only=True)
+    assert plan.texts == ["a green cup", "a red cup"]  # never "a blue ..." nor "a green car"
+    assert [plan.texts[r] if r >= 0 else None for r in plan.rows[:, 0]] == [
+        "a green cup", "a red cup", None]
 
 
 @pytest.mark.parametrize("groups, message", [
@@ -90,3 +107,11 @@ def test_prepare_writes_negatives_aligned_with_the_train_captions(tmp_path, smok
     torch.testing.assert_close(embeddings[rows[:3, 0]].float(), expected, atol=2e-3, rtol=0)
     again = prepare(cfg["data"], cfg["text"], smoke_data_dir, progress=False)
     assert again.encoded == 0 and again.swaps == prepared.swaps  # reused
+
+
+def test_shapes_preset_names_exactly_the_dataset_s_attribute_words():
+    cfg = compose(["experiment=shapes_quick"])
+    assert [list(g) for g in cfg.text.swap_groups] == SHAPES_GROUPS
+    assert cfg.text.swap_known_only and cfg.loss.swap_weight > 0
+    plain = compose([])
+    assert list(plain.text.swap_groups) == [] and plain.loss.swap_weight == 0
