@@ -182,16 +182,24 @@ def random_embeddings(rows: int, dim: int = EMBED_DIM, seed: int = 0) -> torch.T
     return torch.nn.functional.normalize(table, dim=1).half()
 
 
-def synthetic_train_data(folder: Path, *, num_images: int, resolution: int) -> Any:
-    """`TrainData` over a synthetic store split with random embeddings (no dataset needed)."""
+def synthetic_train_data(folder: Path, *, num_images: int, resolution: int,
+                         swap_groups: int = 0) -> Any:
+    """`TrainData` over a synthetic store split with random embeddings (no dataset needed);
+    with `swap_groups`, every caption also has that many random swapped-caption variants."""
     from gan_t2i.data import ImageCaptionDataset
-    from gan_t2i.training.data import TrainData
+    from gan_t2i.training.data import SwapTable, TrainData
 
     split = write_store_split(folder, num_images=num_images, resolution=resolution)
     table = random_embeddings(split.num_captions)
+    swaps = None
+    if swap_groups:
+        m = split.num_captions
+        swaps = SwapTable(random_embeddings(m * swap_groups, seed=1),
+                          torch.arange(m * swap_groups).view(m, swap_groups))
     return TrainData(dataset=ImageCaptionDataset(split), embeddings=table,
                      caption_image=torch.from_numpy(split.caption_image.copy()),
-                     sample_texts=split.captions[:2], sample_embeddings=table[:2].float())
+                     sample_texts=split.captions[:2], sample_embeddings=table[:2].float(),
+                     swaps=swaps)
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> dict[str, Any]:
@@ -305,8 +313,10 @@ def build_bench_trainer(case: TrainCase, s: BenchSettings, device: torch.device,
         f"train.batch_size={s.train_batch}", f"train.channels_last={case.channels_last}",
         f"train.amp={'bf16' if case.bf16 else 'off'}", f"train.device={device}",
         "progress=false", "logger.mode=disabled"], run_dir)
+    uses_swaps = cfg["loss"]["swap_weight"] > 0 or cfg["loss"]["swap_weight_g"] > 0
     data = synthetic_train_data(run_dir / "store", num_images=max(64, s.train_batch),
-                                resolution=case.resolution)
+                                resolution=case.resolution,
+                                swap_groups=len(cfg["text"]["swap_groups"]) if uses_swaps else 0)
     return build_trainer(cfg, data, run_dir, RunLogger(run_dir, mode="disabled"), device=device)
 
 

@@ -83,6 +83,18 @@ def test_training_rows(quick_run):
     assert speedup["what"].startswith("channels_last") and _positive(speedup["speedup"])
 
 
+def test_bench_trainer_times_the_swap_negatives_an_experiment_uses(tmp_path):
+    s = bench.BenchSettings(train_batch=4)
+    trainer = bench.build_bench_trainer(bench.TrainCase("shapes_quick", 16), s,
+                                        torch.device("cpu"), tmp_path)
+    assert trainer.loss.s.swap_weight > 0
+    assert trainer.data.swaps.rows.shape[1] == 4  # shapes_quick's four word groups
+    batches = iter(trainer.data.loader(batch_size=4, seed=0, start=0))
+    trainer.progress.step = 1
+    stats = trainer.step(next(batches))
+    assert stats is not None and math.isfinite(float(stats["D_swap"]))
+
+
 def test_sampling_rows(quick_run):
     rows = quick_run[1]["sampling"]["rows"]
     assert [r["batch_size"] for r in rows] == list(bench.QUICK.sample_batches)

@@ -26,6 +26,9 @@ def test_every_group_option_composes(group, option):
     elif group == "conditioning":  # ablation presets set D and loss keys globally
         assert cfg.discriminator.projection == (option != "no_text_d")
         assert (cfg.loss.mismatch_weight > 0) == (option == "projection_matching")
+    elif group == "swaps":  # word-swap presets set text and loss keys globally
+        assert bool(cfg.text.swap_groups) == (option != "none")
+        assert (cfg.loss.swap_weight > 0) == (option != "none")
     else:
         assert group in cfg
 
