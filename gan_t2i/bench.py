@@ -306,17 +306,16 @@ def build_bench_trainer(case: TrainCase, s: BenchSettings, device: torch.device,
                         run_dir: Path) -> Any:
     """`build_trainer` for one case, composed from its experiment, on synthetic data."""
     from gan_t2i.logger import RunLogger
-    from gan_t2i.train import build_trainer
+    from gan_t2i.train import build_trainer, uses_swaps
 
     cfg = compose_config([
         f"experiment={case.experiment}", f"data.resolution={case.resolution}",
         f"train.batch_size={s.train_batch}", f"train.channels_last={case.channels_last}",
         f"train.amp={'bf16' if case.bf16 else 'off'}", f"train.device={device}",
         "progress=false", "logger.mode=disabled"], run_dir)
-    uses_swaps = cfg["loss"]["swap_weight"] > 0 or cfg["loss"]["swap_weight_g"] > 0
+    groups = len(cfg["text"]["swap_groups"]) if uses_swaps(cfg["loss"]) else 0
     data = synthetic_train_data(run_dir / "store", num_images=max(64, s.train_batch),
-                                resolution=case.resolution,
-                                swap_groups=len(cfg["text"]["swap_groups"]) if uses_swaps else 0)
+                                resolution=case.resolution, swap_groups=groups)
     return build_trainer(cfg, data, run_dir, RunLogger(run_dir, mode="disabled"), device=device)
 
 

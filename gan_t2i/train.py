@@ -99,8 +99,9 @@ def _maybe_compile(module: torch.nn.Module, enabled: bool) -> Any:
         return module
 
 
-def _uses_swaps(loss: dict[str, Any]) -> bool:
-    return loss["swap_weight"] > 0 or loss["swap_weight_g"] > 0
+def uses_swaps(loss: dict[str, Any]) -> bool:
+    """Whether a `loss` config needs swapped-caption negatives."""
+    return LossSettings(**loss).uses_swaps
 
 
 def build_trainer(cfg: dict[str, Any], data: TrainData, run_dir: Path, logger: RunLogger, *,
@@ -110,7 +111,7 @@ def build_trainer(cfg: dict[str, Any], data: TrainData, run_dir: Path, logger: R
     if cfg["generator"]["attention_resolutions"] and data.token_table is None:
         raise GanT2IError("generator.attention_resolutions needs token embeddings: "
                           "set text.tokens=true")
-    if _uses_swaps(cfg["loss"]) and data.swaps is None:
+    if uses_swaps(cfg["loss"]) and data.swaps is None:
         raise GanT2IError("loss.swap_weight(_g) > 0 needs swapped captions: set text.swap_groups "
                           "(word groups such as [[red, green, blue], [circle, square]])")
     G = build_generator(cfg["generator"], c_dim=data.c_dim, resolution=res)
@@ -239,7 +240,7 @@ def train(cfg: dict[str, Any], run_dir: Path) -> Trainer:
         data = load_train_data(prepared.store, prepared.embeddings, xflip=cfg["data"]["xflip"],
                                sample_captions=t["sample_captions"],
                                tokens=prepared.tokens if attention else None,
-                               swaps=prepared.swaps if _uses_swaps(cfg["loss"]) else None)
+                               swaps=prepared.swaps if uses_swaps(cfg["loss"]) else None)
         seed_everything(t["seed"])  # the same on every rank: see gan_t2i.shard
         logger = RunLogger(run_dir, mode=cfg["logger"]["mode"], project=cfg["logger"]["project"],
                            name=run_dir.name, config=cfg, tags=cfg["logger"]["tags"],

@@ -176,8 +176,7 @@ class Trainer:
         if tokens is not None:
             tokens = (tokens[0].to(self.device), tokens[1].to(self.device))
         swapped = None
-        if self.data.swaps is not None and (self.loss.s.swap_weight > 0
-                                            or self.loss.s.swap_weight_g > 0):
+        if self.data.swaps is not None and self.loss.s.uses_swaps:
             emb, valid = self.data.swaps(captions[mine])
             swapped = (emb.to(self.device), valid.to(self.device))
         return _Batch(real, c_all[mine], c_mis[mine], tokens, swapped)

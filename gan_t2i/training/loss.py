@@ -4,8 +4,8 @@ One iteration (the loop only orchestrates optimizers around these calls):
   1. `generate`  : fakes = G(z, c) for the batch's captions (graph kept for the G phase)
   2. `d_phase`   : D main on fakes (detached), reals, and reals paired with a mismatched caption
                    (matching-aware) or with their own caption one word swapped (hard
-                   negatives, `swap_weight`); on every `r1_interval`-th step, lazy R1 on the reals in
-                   float32, scaled by the interval as in StyleGAN2, in the same backward
+                   negatives, `swap_weight`); on every `r1_interval`-th step, lazy R1 on the
+                   reals in float32, scaled by the interval as in StyleGAN2, in the same backward
   3. `g_phase`   : G main through the freshly updated D, back through the graph of step 1
 
 Generating once per iteration saves a G forward compared to StyleGAN2-ADA's separate phases.
@@ -36,6 +36,11 @@ class LossSettings:
     swap_weight_g: float = 0.0  # G: its fake + the swapped caption should be rejected by D
     style_mixing: float = 0.0
 
+    @property
+    def uses_swaps(self) -> bool:
+        """Whether either phase needs the swapped-caption negatives."""
+        return self.swap_weight > 0 or self.swap_weight_g > 0
+
 
 def mismatched(image_index: torch.Tensor) -> torch.Tensor:
     """For each sample, the index of another sample in the batch showing a different image."""
@@ -48,6 +53,11 @@ def mismatched(image_index: torch.Tensor) -> torch.Tensor:
             break
         out = torch.where(same, torch.roll(idx, shift), out)
     return out
+
+
+def _valid_mean(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of the valid entries (a detached statistic; 0 when none is valid)."""
+    return (logits.detach() * valid).sum() / valid.sum().clamp(min=1)
 
 
 def r1_penalty(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -118,7 +128,7 @@ class GANLoss:
             stats["D_mismatch"] = mis_logits.detach().mean()
         if swap_logits is not None:
             loss = loss + self.s.swap_weight * self._swap_term(swap_logits, swapped[1])
-            stats["D_swap"] = (swap_logits.detach() * swapped[1]).sum() / swapped[1].sum().clamp(min=1)
+            stats["D_swap"] = _valid_mean(swap_logits, swapped[1])
         if do_r1:
             penalty = r1_penalty(real_logits, real)
             loss = loss + penalty.mean() * (self.s.r1_gamma / 2) * self.s.r1_interval
@@ -139,7 +149,8 @@ class GANLoss:
                      ) -> torch.Tensor:
         """D's logits [B, G] of features phi [B, C] with each caption variant [B, G, D]."""
         b, g = swapped[1].shape
-        return self.D.score(phi.repeat_interleave(g, 0), swapped[0].flatten(0, 1)).float().view(b, g)
+        logits = self.D.score(phi.repeat_interleave(g, 0), swapped[0].flatten(0, 1))
+        return logits.float().view(b, g)
 
     def _swap_term(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Batch mean of each sample's mean negative loss over its valid variants."""
@@ -168,5 +179,5 @@ class GANLoss:
         stats = {"loss_G": loss.detach()}
         if use_swaps:
             loss = loss + self.s.swap_weight_g * self._swap_term(swap_logits, swapped[1])
-            stats["G_swap"] = (swap_logits.detach() * swapped[1]).sum() / swapped[1].sum().clamp(min=1)
+            stats["G_swap"] = _valid_mean(swap_logits, swapped[1])
         return loss, stats
