@@ -63,10 +63,10 @@ def prepare_embeddings(store: ImageStore, text: dict[str, Any], data_dir: Path, 
 
     captions = [c for split in store.splits for c in store.split(split).captions]
     swapper = CaptionSwapper(text["swap_groups"]) if text.get("swap_groups") else None
+    known_only = bool(text.get("swap_known_only"))
     swaps = None
     if swapper is not None and "train" in store.splits:
-        swaps = SwapPlan.of(store.split("train").captions, swapper,
-                            known_only=bool(text.get("swap_known_only")))
+        swaps = SwapPlan.of(store.split("train").captions, swapper, known_only=known_only)
         captions += swaps.texts
     encoded = cache.build(captions, factory, batch_size=int(text["batch_size"]), progress=progress)
     paths, dim = {}, 0
@@ -80,8 +80,7 @@ def prepare_embeddings(store: ImageStore, text: dict[str, Any], data_dir: Path, 
         dim = cache.dim
     swaps_file = None
     if swaps is not None:
-        swaps_file = swaps_path(paths["train"], swapper.groups,
-                                known_only=bool(text.get("swap_known_only")))
+        swaps_file = swaps_path(paths["train"], swapper.groups, known_only=known_only)
         if not swaps_file.is_file() or encoded:
             swaps.write(cache, swaps_file)
     return paths, encoded, dim, swaps_file
@@ -108,7 +107,7 @@ class SwapPlan:
         index = {t: i for i, t in enumerate(texts)}
         table = np.array([[index[v] if v is not None else -1 for v in row] for row in variants],
                          dtype=np.int32).reshape(len(unique), len(swapper))
-        return cls(texts, table[inverse.reshape(-1)] if len(captions) else table[:0])
+        return cls(texts, table[inverse.reshape(-1)])
 
     def write(self, cache: Any, path: Path) -> None:
         """npz with `embeddings` float16 [V, D] of the distinct variants and `rows` [M, G]."""

@@ -82,6 +82,8 @@ def test_plan_rows_follow_every_caption_and_the_table_gives_every_variant():
     assert [plan.texts[r] if r >= 0 else None for r in plan.rows[0]] == ["a blue cup", "a red car"]
     assert (plan.rows[1] == -1).all() and (plan.rows[0] == plan.rows[2]).all()
     assert plan.rows[3, 1] == -1 and plan.texts[plan.rows[3, 0]] == "a red thing"
+    empty = SwapPlan.of([], swapper)
+    assert empty.texts == [] and empty.rows.shape == (0, 2)
     emb = torch.arange(1, len(plan.texts) + 1, dtype=torch.float16)[:, None].repeat(1, 3)
     table = SwapTable(emb, torch.from_numpy(plan.rows).long())
     out, valid = table(torch.tensor([0, 1, 3]))
